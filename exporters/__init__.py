@@ -1,0 +1,1 @@
+"""Exporters for surgery checkpoints (installed as ``surgery.exporters``). Placeholder."""

@@ -1,0 +1,1 @@
+"""Fine-tuning for surgery checkpoints (installed as ``surgery.finetune``). Placeholder."""

@@ -1,0 +1,165 @@
+"""Command line: ``surgery apply`` and ``surgery plan show``.
+
+Every user error becomes one ``error: ...`` line on stderr and a non-zero exit; ``surgery --debug ...``
+(or ``SURGERY_DEBUG=1``) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from surgery import __version__
+from surgery.errors import SurgeryError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+
+
+class SurgeryGroup(click.Group):
+    """Click group that turns exceptions into one clear line unless debugging."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SurgeryError as exc:
+            if _debug(ctx):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_USER_ERROR)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+            if _debug(ctx):
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            click.echo(f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)", err=True)
+            ctx.exit(EXIT_INTERNAL_ERROR)
+
+
+def _debug(ctx: click.Context) -> bool:
+    root = ctx.find_root()
+    return bool((root.obj or {}).get("debug")) or os.environ.get("SURGERY_DEBUG") == "1"
+
+
+@click.group(cls=SurgeryGroup)
+@click.version_option(__version__, prog_name="surgery")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Layer surgery on pretrained transformers: skip, reorder, repeat or parallelize layers."""
+    ctx.obj = {"debug": debug}
+
+
+PLAN_HELP = (
+    "Layer plan, e.g. 'skip:13-19', 'reverse:8-23', 'shuffle:4-25@3', 'repeat:8-23@15', 'loop:8-12x2', "
+    "'parallel:8-23x3' (comma-separated), or a YAML plan file."
+)
+
+
+@main.command()
+@click.option("--plan", "plan_text", required=True, help=PLAN_HELP)
+@click.argument("model")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="Store floating tensors in this dtype (default: source dtype).")
+@click.option("--shard-size", default="5GB", show_default=True, help="Maximum safetensors shard size.")
+@click.option("--tie-repeats", is_flag=True, help="Store each unique layer once (uses the surgery model class).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
+@click.option("--revision", help="Hub revision (branch, tag or commit) when MODEL is a Hub id.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle-only (.bin) weights; only for models you trust.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+def apply(plan_text, model, out_dir, dtype, shard_size, tie_repeats, overwrite, revision, allow_pickle, quiet):
+    """Apply a layer plan to MODEL (Hub id, directory or .gguf) and write a standalone checkpoint to OUT_DIR."""
+    from tqdm.auto import tqdm
+
+    from surgery.io.safetensors_stream import parse_size
+    from surgery.materialize import ApplyOptions, apply_plan
+
+    options = ApplyOptions(
+        dtype=dtype,
+        shard_size=parse_size(shard_size),
+        tie_repeats=tie_repeats,
+        overwrite=overwrite,
+        revision=revision,
+        allow_pickle=allow_pickle,
+    )
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if quiet:
+            return
+        if bar is None:
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc="writing weights", file=sys.stderr)
+        bar.update(done - bar.n)
+
+    try:
+        result = apply_plan(model, plan_text, out_dir, options, progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not quiet:
+        execution = result.execution
+        layout = "surgery model class (trust_remote_code=True)" if result.custom_class else "source architecture"
+        click.echo(f"wrote {result.out_dir}  ({result.bytes_written / 1e6:.1f} MB of weights, {layout})")
+        click.echo(
+            f"layers: {execution.num_source_layers} source -> {len(execution.instances)} executed, "
+            f"{result.num_stored_layers} stored"
+        )
+        click.echo(f"executed sequence: {execution.describe()}")
+
+
+@main.group()
+def plan() -> None:
+    """Inspect layer plans without touching weights."""
+
+
+@plan.command("show")
+@click.option("--plan", "plan_text", required=True, help=PLAN_HELP)
+@click.argument("model", required=False)
+@click.option("--layers", "num_layers", type=int, help="Number of source layers (instead of reading MODEL's config).")
+@click.option("--json", "as_json", is_flag=True, help="Print the resolved plan as JSON.")
+def plan_show(plan_text, model, num_layers, as_json):
+    """Print the executed layer sequence of a plan for MODEL (or for --layers T)."""
+    import json
+
+    from surgery.architectures import arch_for
+    from surgery.io.source import read_source_config
+    from surgery.plan import load_plan, resolve_plan
+
+    if model is None and num_layers is None:
+        raise SurgeryError("give MODEL or --layers T")
+    if num_layers is None:
+        config = read_source_config(model)
+        arch_for(config.get("model_type"))
+        num_layers = int(config["num_hidden_layers"])
+    layer_plan = load_plan(plan_text)
+    execution = resolve_plan(layer_plan, num_layers)
+    if as_json:
+        payload = {
+            "plan": layer_plan.canonical,
+            "source_layers": num_layers,
+            "steps": [list(step.layers) for step in execution.steps],
+            "executed_layers": len(execution.instances),
+            "skipped": list(execution.skipped),
+            "needs_custom_class": execution.needs_custom_class(),
+        }
+        click.echo(json.dumps(payload))
+        return
+    click.echo(f"plan:      {layer_plan.canonical}")
+    click.echo(f"source:    {num_layers} layers")
+    click.echo(f"executed:  {len(execution.instances)} layer instances in {len(execution.steps)} steps")
+    click.echo(f"skipped:   {' '.join(map(str, execution.skipped)) or '-'}")
+    click.echo(f"sequence:  {execution.describe()}")
+    layout = "surgery model class (parallel block)" if execution.has_parallel else "source architecture"
+    click.echo(f"output:    {layout}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

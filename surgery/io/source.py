@@ -1,0 +1,220 @@
+"""Locate a source model: a local directory, a ``.gguf`` file, or a Hugging Face Hub id.
+
+Whatever the input, the result is a local directory holding ``config.json`` and safetensors weights, so
+the materializer has one streaming path. GGUF files are dequantized through transformers' GGUF loader and
+pickle-only checkpoints are converted (only with ``allow_pickle``) into a temporary safetensors copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from surgery.errors import SurgeryError
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+@dataclass
+class SourceModel:
+    """A source model resolved to a local directory of config + safetensors weights."""
+
+    given: str
+    path: Path
+    kind: str  # "directory", "gguf", "hub"
+    weight_files: list[Path]
+    provenance: dict = field(default_factory=dict)
+    _tmp: tempfile.TemporaryDirectory | None = None
+
+    def cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> SourceModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def safetensors_files(directory: Path) -> list[Path]:
+    """Weight files of a checkpoint directory, in index order when sharded."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [directory / name for name in dict.fromkeys(weight_map.values())]
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return [single]
+    return sorted(directory.glob("*.safetensors"))
+
+
+def _pickle_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("pytorch_model*.bin")) + sorted(directory.glob("*.pt"))
+
+
+def _convert_pickle(directory: Path, files: list[Path], tmp: Path) -> list[Path]:
+    """Convert pickle weights to safetensors (``torch.load(weights_only=True)``, one file at a time)."""
+    import torch
+    from safetensors.torch import save_file
+
+    out = []
+    for number, path in enumerate(files):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        seen: dict[int, str] = {}
+        tensors = {}
+        for name, tensor in state.items():
+            key = tensor.untyped_storage().data_ptr()
+            if key in seen:  # tied weights are stored once, as transformers does
+                continue
+            seen[key] = name
+            tensors[name] = tensor.contiguous()
+        target = tmp / f"converted-{number:05d}.safetensors"
+        save_file(tensors, str(target), metadata={"format": "pt"})
+        out.append(target)
+        del state, tensors
+    return out
+
+
+def _from_directory(given: str, directory: Path, allow_pickle: bool) -> SourceModel:
+    if not (directory / "config.json").is_file():
+        raise SurgeryError(f"no config.json in model directory {directory}")
+    files = safetensors_files(directory)
+    provenance = {"source": str(directory.resolve()), "kind": "directory"}
+    if files:
+        return SourceModel(given, directory, "directory", files, provenance)
+    pickles = _pickle_files(directory)
+    if not pickles:
+        raise SurgeryError(f"no weights (*.safetensors or pytorch_model*.bin) in {directory}")
+    if not allow_pickle:
+        raise SurgeryError(
+            f"{directory} has only pickle weights ({pickles[0].name}); loading pickles can run arbitrary code. "
+            "Pass --allow-pickle if you trust this model"
+        )
+    tmp = tempfile.TemporaryDirectory(prefix="surgery-pickle-")
+    converted = _convert_pickle(directory, pickles, Path(tmp.name))
+    provenance["converted_from_pickle"] = [p.name for p in pickles]
+    return SourceModel(given, directory, "directory", converted, provenance, tmp)
+
+
+def _from_gguf(given: str, path: Path) -> SourceModel:
+    """Dequantize a GGUF file into a temporary transformers checkpoint (weights, config, tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = tempfile.TemporaryDirectory(prefix="surgery-gguf-")
+    out = Path(tmp.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+        model.save_pretrained(out, safe_serialization=True)
+        del model
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        tokenizer.save_pretrained(out)
+    except Exception as exc:  # transformers raises many types for unreadable GGUF files
+        tmp.cleanup()
+        raise SurgeryError(f"cannot read GGUF file {path}: {str(exc).splitlines()[0]}") from None
+    provenance = {"source": str(path.resolve()), "kind": "gguf", "sha256": sha256_file(path)}
+    return SourceModel(given, out, "gguf", safetensors_files(out), provenance, tmp)
+
+
+def _from_hub(given: str, revision: str | None, allow_pickle: bool) -> SourceModel:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    patterns = _HUB_PATTERNS + (["*.bin"] if allow_pickle else [])
+    try:
+        local = snapshot_download(given, revision=revision, allow_patterns=patterns)
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
+        raise SurgeryError(
+            f"model not found: {given!r} is not a local path and could not be fetched from the Hub "
+            f"({str(exc).splitlines()[0]})"
+        ) from None
+    source = _from_directory(given, Path(local), allow_pickle)
+    source.kind = "hub"
+    source.provenance.update({"kind": "hub", "repo_id": given, "revision": revision or "main"})
+    commit = Path(local).name
+    if re.fullmatch(r"[0-9a-f]{40}", commit):
+        source.provenance["commit"] = commit
+    return source
+
+
+def resolve_source(model: str, *, revision: str | None = None, allow_pickle: bool = False) -> SourceModel:
+    """Resolve MODEL (directory, ``.gguf`` file, or Hub id) to a :class:`SourceModel`. Call ``cleanup()`` after."""
+    path = Path(model).expanduser()
+    if model.endswith(".gguf"):
+        if not path.is_file():
+            raise SurgeryError(f"model path not found: {model}")
+        return _from_gguf(model, path)
+    if path.is_dir():
+        return _from_directory(model, path, allow_pickle)
+    if path.exists():
+        raise SurgeryError(f"not a model directory or .gguf file: {model}")
+    if model.startswith((".", "/", "~")) or not _HUB_ID.match(model):
+        raise SurgeryError(f"model path not found: {model}")
+    return _from_hub(model, revision, allow_pickle)
+
+
+def copy_side_files(source: Path, out_dir: Path) -> list[str]:
+    """Copy tokenizer files and the generation config; returns the names copied."""
+    copied = []
+    for name in (*TOKENIZER_FILES, "generation_config.json"):
+        if (source / name).is_file():
+            shutil.copy2(source / name, out_dir / name)
+            copied.append(name)
+    return copied
+
+
+def read_source_config(model: str, revision: str | None = None) -> dict:
+    """Read only MODEL's config (``model_type``, ``num_hidden_layers``, ...), touching no weights."""
+    path = Path(model).expanduser()
+    if model.endswith(".gguf"):
+        if not path.is_file():
+            raise SurgeryError(f"model path not found: {model}")
+        from gguf import GGUFReader
+
+        try:
+            reader = GGUFReader(str(path))
+            arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+            blocks = int(reader.fields[f"{arch}.block_count"].parts[-1][0])
+        except Exception as exc:  # gguf raises many types for unreadable files
+            raise SurgeryError(f"cannot read GGUF file {path}: {str(exc).splitlines()[0]}") from None
+        return {"model_type": arch, "num_hidden_layers": blocks}
+    if path.is_dir():
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            raise SurgeryError(f"no config.json in model directory {path}")
+        return json.loads(config_path.read_text())
+    if model.startswith((".", "/", "~")) or not _HUB_ID.match(model) or path.exists():
+        raise SurgeryError(f"model path not found: {model}")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return json.loads(Path(hf_hub_download(model, "config.json", revision=revision)).read_text())
+    except Exception as exc:  # network / auth / missing repo
+        raise SurgeryError(f"model not found: {model!r} ({str(exc).splitlines()[0]})") from None

@@ -1,0 +1,309 @@
+"""Where a plan becomes a checkpoint.
+
+``apply_plan`` = resolve the source model, resolve the plan against its layer count, map every output
+tensor to a source tensor (:func:`build_tensor_map`, pure), then stream the weights, config, tokenizer,
+model card and provenance into a temporary directory that is renamed into place only when complete.
+
+Two output layouts:
+
+* **source architecture** when the plan only drops, reorders or repeats layers: the same model class with
+  ``num_hidden_layers`` = executed layers; a repeated layer's weights are copied once per position.
+* **surgery class** (``SurgeryConfig`` / ``SurgeryForCausalLM``, files copied into the checkpoint and
+  referenced by ``auto_map``) when the plan has a parallel block, or ``tie_repeats`` stores each layer once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from surgery import __version__
+from surgery.architectures import ArchSpec, arch_for
+from surgery.card import write_model_card, write_provenance
+from surgery.errors import SurgeryError
+from surgery.io.safetensors_stream import (
+    DTYPE_NAMES,
+    FLOAT_DTYPES,
+    OutputTensor,
+    TensorRecord,
+    index_checkpoint,
+    write_checkpoint_weights,
+)
+from surgery.io.source import SourceModel, copy_side_files, resolve_source
+from surgery.modeling import MODELING_FILES
+from surgery.plan import ExecutionPlan, LayerPlan, load_plan, resolve_plan
+
+DTYPE_CHOICES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+SURGERY_AUTO_MAP = {"AutoConfig": "configuration_surgery.SurgeryConfig"}
+
+
+@dataclass
+class ApplyOptions:
+    """Options of ``surgery apply`` (validated by the CLI)."""
+
+    dtype: str | None = None  # one of DTYPE_CHOICES; None keeps the source dtype
+    shard_size: int = 5 * 10**9
+    tie_repeats: bool = False
+    overwrite: bool = False
+    revision: str | None = None
+    allow_pickle: bool = False
+
+
+@dataclass
+class TensorMap:
+    """The pure result of planning the output: tensors to write and the stored-layer layout."""
+
+    tensors: list[OutputTensor]
+    stored_sources: list[int]  # source layer of each stored (output) layer
+    steps: list[list[int]]  # executed steps over stored layers
+    layer_list: str  # dotted path of the block list, e.g. "model.layers"
+
+
+@dataclass
+class ApplyResult:
+    out_dir: Path
+    execution: ExecutionPlan
+    custom_class: bool
+    num_stored_layers: int
+    files: list[str] = field(default_factory=list)
+    bytes_written: int = 0
+
+
+def group_layer_tensors(
+    records: dict[str, TensorRecord], spec: ArchSpec, num_layers: int
+) -> tuple[dict[int, list[tuple[str, str, TensorRecord]]], list[TensorRecord]]:
+    """Split tensors into per-layer ``(head, tail, record)`` lists and the non-layer rest."""
+    pattern = spec.layer_key_pattern
+    layers: dict[int, list[tuple[str, str, TensorRecord]]] = {i: [] for i in range(num_layers)}
+    others: list[TensorRecord] = []
+    for name, record in records.items():
+        match = pattern.match(name)
+        if match is None:
+            others.append(record)
+            continue
+        index = int(match["index"])
+        if index not in layers:
+            raise SurgeryError(f"tensor {name} names layer {index}, but the config has {num_layers} layers")
+        layers[index].append((match["head"], match["tail"], record))
+    missing = [i for i, tensors in layers.items() if not tensors]
+    if missing:
+        raise SurgeryError(f"checkpoint has no tensors for layer(s) {missing[:5]} (layer list {spec.layer_list!r})")
+    return layers, others
+
+
+def build_tensor_map(
+    records: dict[str, TensorRecord],
+    spec: ArchSpec,
+    execution: ExecutionPlan,
+    *,
+    custom_class: bool,
+    tie_repeats: bool,
+    dtype: str | None,
+) -> TensorMap:
+    """Map every output tensor to its source tensor. Pure: reads only the records' metadata."""
+    layers, others = group_layer_tensors(records, spec, execution.num_source_layers)
+    instances = execution.instances
+    if custom_class:
+        stored_sources = list(dict.fromkeys(instances)) if tie_repeats else list(instances)
+        if tie_repeats:
+            position = {source: index for index, source in enumerate(stored_sources)}
+            steps = [[position[layer] for layer in step.layers] for step in execution.steps]
+        else:
+            counter = iter(range(len(instances)))
+            steps = [[next(counter) for _ in step.layers] for step in execution.steps]
+        prefix = "inner."
+    else:
+        stored_sources = list(instances)
+        steps = [[index] for index in range(len(instances))]
+        prefix = ""
+
+    def out_dtype(record: TensorRecord) -> str:
+        return dtype if dtype is not None and record.dtype in FLOAT_DTYPES else record.dtype
+
+    def output(name: str, record: TensorRecord) -> OutputTensor:
+        return OutputTensor(prefix + name, record, out_dtype(record))
+
+    head = layers[0][0][0]
+    front = [output(r.name, r) for r in others if "embed" in r.name]
+    back = [output(r.name, r) for r in others if "embed" not in r.name]
+    layer_tensors = [
+        output(f"{layer_head}{stored}.{tail}", record)
+        for stored, source in enumerate(stored_sources)
+        for layer_head, tail, record in layers[source]
+    ]
+    return TensorMap(front + layer_tensors + back, stored_sources, steps, head.rstrip("."))
+
+
+def _check_output_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SurgeryError(f"output path exists and is not a directory: {out_dir}")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise SurgeryError(f"output directory {out_dir} exists and is not empty (pass --overwrite to replace it)")
+
+
+def _default_architecture(model_type: str, generative: bool) -> str:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
+
+    mapping = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES if generative else MODEL_MAPPING_NAMES
+    return mapping[model_type]
+
+
+def _write_source_config(config, spec: ArchSpec, execution: ExecutionPlan, dtype: str | None, out: Path) -> None:
+    instances = execution.instances
+    config.num_hidden_layers = len(instances)
+    for key in spec.per_layer_config:
+        values = getattr(config, key, None)
+        if values is not None:
+            setattr(config, key, [values[i] for i in instances])
+    if dtype is not None:
+        config.dtype = dtype
+    config.save_pretrained(out)
+
+
+def _write_surgery_config(
+    config, spec: ArchSpec, execution: ExecutionPlan, tensor_map: TensorMap, plan: LayerPlan, dtype: str | None, out: Path
+) -> None:
+    from surgery.modeling import SurgeryConfig
+
+    fields = {
+        k: v for k, v in config.to_dict().items() if k not in ("model_type", "architectures", "auto_map", "transformers_version")
+    }
+    architectures = config.architectures or [_default_architecture(config.model_type, spec.generative)]
+    per_layer = {key: getattr(config, key, None) for key in spec.per_layer_config}
+    layer_types = per_layer.get("layer_types")
+    for key, values in per_layer.items():
+        if values is not None:
+            fields[key] = [values[i] for i in execution.instances]
+    for step in execution.steps:
+        if layer_types is not None and len({layer_types[i] for i in step.layers}) > 1:
+            raise SurgeryError(f"parallel group {step} mixes attention types {sorted({layer_types[i] for i in step.layers})}")
+    if dtype is not None:
+        fields["dtype"] = dtype
+    wrapper = "SurgeryForCausalLM" if spec.generative else "SurgeryModel"
+    auto_key = "AutoModelForCausalLM" if spec.generative else "AutoModel"
+    fields["num_hidden_layers"] = len(execution.instances)
+    surgery_config = SurgeryConfig(
+        source_model_type=config.model_type,
+        source_architectures=list(architectures),
+        surgery_layer_list=tensor_map.layer_list,
+        surgery_stored_layers=len(tensor_map.stored_sources),
+        surgery_source_layers=tensor_map.stored_sources,
+        surgery_stored_layer_types=[layer_types[i] for i in tensor_map.stored_sources] if layer_types else None,
+        surgery_steps=tensor_map.steps,
+        surgery_plan=plan.canonical,
+        architectures=[wrapper],
+        auto_map={**SURGERY_AUTO_MAP, auto_key: f"modeling_surgery.{wrapper}"},
+        **fields,
+    )
+    surgery_config.save_pretrained(out)
+    for path in MODELING_FILES:
+        shutil.copy2(path, out / path.name)
+
+
+def _load_source_config(source: SourceModel):
+    from transformers import AutoConfig
+
+    raw = json.loads((source.path / "config.json").read_text())
+    spec = arch_for(raw.get("model_type"))
+    try:
+        config = AutoConfig.from_pretrained(source.path)
+    except (ValueError, OSError) as exc:
+        raise SurgeryError(f"cannot read config of {source.given}: {str(exc).splitlines()[0]}") from None
+    return spec, config
+
+
+def _install(tmp: Path, out_dir: Path) -> None:
+    """Move the finished temporary directory into place (replacing an old one only now)."""
+    backup = None
+    if out_dir.exists():
+        backup = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out_dir, backup)
+    os.rename(tmp, out_dir)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def apply_plan(
+    model: str,
+    plan_text: str,
+    out_dir: Path,
+    options: ApplyOptions | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ApplyResult:
+    """Materialize ``plan_text`` applied to ``model`` as a standalone checkpoint in ``out_dir``.
+
+    ``progress(bytes_done, bytes_total)`` is called while weights stream. Raises :class:`SurgeryError`
+    for every user error; on any failure no directory that looks like a checkpoint is left behind.
+    """
+    options = options or ApplyOptions()
+    out_dir = Path(out_dir)
+    _check_output_dir(out_dir, options.overwrite)
+    plan = load_plan(plan_text)
+    dtype = DTYPE_CHOICES[options.dtype] if options.dtype else None
+    with resolve_source(model, revision=options.revision, allow_pickle=options.allow_pickle) as source:
+        spec, config = _load_source_config(source)
+        execution = resolve_plan(plan, config.num_hidden_layers)
+        custom = execution.needs_custom_class(options.tie_repeats)
+        tensor_map = build_tensor_map(
+            index_checkpoint(source.weight_files),
+            spec,
+            execution,
+            custom_class=custom,
+            tie_repeats=options.tie_repeats,
+            dtype=dtype,
+        )
+        total = sum(t.nbytes for t in tensor_map.tensors)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir.parent / f".{out_dir.name}.surgery-tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            done = 0
+
+            def step(nbytes: int) -> None:
+                nonlocal done
+                done += nbytes
+                if progress:
+                    progress(done, total)
+
+            write_checkpoint_weights(tmp, tensor_map.tensors, options.shard_size, step)
+            source_dtype = DTYPE_NAMES.get(getattr(config, "dtype", None))
+            config_dtype = options.dtype
+            if custom:
+                _write_surgery_config(config, spec, execution, tensor_map, plan, config_dtype, tmp)
+            else:
+                _write_source_config(config, spec, execution, config_dtype, tmp)
+            copy_side_files(source.path, tmp)
+            record = {
+                "surgery_version": __version__,
+                "plan": {
+                    "given": plan.text,
+                    "canonical": plan.canonical,
+                    "executed": execution.describe(),
+                    "steps": [list(step.layers) for step in execution.steps],
+                },
+                "source": {**source.provenance, "given": model, "num_layers": execution.num_source_layers},
+                "output": {
+                    "layout": "surgery" if custom else "source",
+                    "architecture": "SurgeryForCausalLM" if custom and spec.generative else
+                    ("SurgeryModel" if custom else (config.architectures or [None])[0]),
+                    "executed_layers": len(execution.instances),
+                    "stored_layers": len(tensor_map.stored_sources),
+                    "stored_layer_sources": tensor_map.stored_sources,
+                    "tie_repeats": options.tie_repeats,
+                    "dtype": options.dtype or (source_dtype and str(getattr(config, "dtype", ""))),
+                    "total_bytes": total,
+                },
+            }
+            write_provenance(tmp, record)
+            write_model_card(tmp, record, execution, custom_class=custom, generative=spec.generative)
+            files = sorted(p.name for p in tmp.iterdir())
+            _install(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return ApplyResult(out_dir, execution, custom, len(tensor_map.stored_sources), files, total)

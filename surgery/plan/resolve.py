@@ -1,0 +1,146 @@
+"""Resolve a :class:`~surgery.plan.spec.LayerPlan` against a model with T layers.
+
+The result, an :class:`ExecutionPlan`, is the executed sequence of *steps*: each step runs one source
+layer, or a parallel group of source layers that read the same input and whose outputs are averaged.
+This module is pure (no weights, no torch) so everything about a plan can be tested and shown cheaply.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from surgery.errors import SurgeryError
+from surgery.plan.spec import LayerPlan, Op
+
+
+@dataclass(frozen=True)
+class Step:
+    """One position of the executed sequence: a source layer, or a parallel group (``len(layers) > 1``)."""
+
+    layers: tuple[int, ...]
+
+    @property
+    def parallel(self) -> bool:
+        return len(self.layers) > 1
+
+    def __str__(self) -> str:
+        return "[" + " ".join(map(str, self.layers)) + "]" if self.parallel else str(self.layers[0])
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """The executed sequence of steps over a source model's ``num_source_layers`` layers."""
+
+    num_source_layers: int
+    steps: tuple[Step, ...]
+
+    @property
+    def instances(self) -> tuple[int, ...]:
+        """Source layer of every executed layer instance, in execution order (one KV-cache slot each)."""
+        return tuple(layer for step in self.steps for layer in step.layers)
+
+    @property
+    def has_parallel(self) -> bool:
+        return any(step.parallel for step in self.steps)
+
+    @property
+    def has_repeats(self) -> bool:
+        """Whether some source layer runs more than once."""
+        return len(set(self.instances)) != len(self.instances)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.instances == tuple(range(self.num_source_layers)) and not self.has_parallel
+
+    @property
+    def skipped(self) -> tuple[int, ...]:
+        used = set(self.instances)
+        return tuple(i for i in range(self.num_source_layers) if i not in used)
+
+    def needs_custom_class(self, tie_repeats: bool = False) -> bool:
+        """True when the plan cannot be expressed as the source architecture (parallel, or tied repeats)."""
+        return self.has_parallel or (tie_repeats and self.has_repeats)
+
+    def describe(self) -> str:
+        """Compact one-line form, runs of consecutive layers collapsed: ``0-12 [13 14 15]x3 16-29``."""
+        parts: list[str] = []
+        index = 0
+        steps = self.steps
+        while index < len(steps):
+            step = steps[index]
+            if step.parallel:
+                count = 1
+                while index + count < len(steps) and steps[index + count] == step:
+                    count += 1
+                parts.append(str(step) + (f"x{count}" if count > 1 else ""))
+                index += count
+                continue
+            run_end = index
+            while (
+                run_end + 1 < len(steps)
+                and not steps[run_end + 1].parallel
+                and steps[run_end + 1].layers[0] == steps[run_end].layers[0] + 1
+            ):
+                run_end += 1
+            first, last = step.layers[0], steps[run_end].layers[0]
+            parts.append(f"{first}-{last}" if run_end > index else str(first))
+            index = run_end + 1
+        return " ".join(parts)
+
+
+def _check_in_range(index: int, total: int, where: str) -> None:
+    if not 0 <= index < total:
+        raise SurgeryError(f"layer index {index} out of range in {where}: this model has {total} layers (0-{total - 1})")
+
+
+def _op_steps(op: Op, total: int) -> list[Step]:
+    where = str(op)
+    _check_in_range(op.end, total, where)
+    block = list(range(op.start, op.end + 1))
+    if op.kind == "skip":
+        return []
+    if op.kind == "reverse":
+        return [Step((i,)) for i in reversed(block)]
+    if op.kind == "shuffle":
+        order = list(block)
+        random.Random(op.seed).shuffle(order)
+        return [Step((i,)) for i in order]
+    if op.kind == "repeat":
+        layer = total // 2 if op.layer is None else op.layer
+        _check_in_range(layer, total, where)
+        return [Step((layer,)) for _ in block]
+    if op.kind == "loop":
+        return [Step((i,)) for _ in range(op.loops) for i in block]
+    if op.kind == "parallel":
+        group = Step(tuple(block))
+        return [group] * op.loops
+    raise SurgeryError(f"unknown op {op.kind!r}")  # unreachable: spec validates kinds
+
+
+def resolve_plan(plan: LayerPlan, num_layers: int) -> ExecutionPlan:
+    """Resolve ``plan`` for a model with ``num_layers`` blocks; raises :class:`SurgeryError` if it can't run."""
+    if num_layers < 1:
+        raise SurgeryError(f"model has no layers to operate on (num_layers={num_layers})")
+    steps: list[Step] = []
+    if plan.sequence is not None:
+        for position, entry in enumerate(plan.sequence):
+            for layer in entry.layers:
+                _check_in_range(layer, num_layers, f"sequence[{position}]")
+            steps.extend([Step(entry.layers)] * entry.loops)
+    else:
+        by_start = {op.start: op for op in plan.ops}
+        layer = 0
+        while layer < num_layers:
+            op = by_start.get(layer)
+            if op is None:
+                steps.append(Step((layer,)))
+                layer += 1
+            else:
+                steps.extend(_op_steps(op, num_layers))
+                layer = op.end + 1
+        for op in plan.ops:
+            _check_in_range(op.start, num_layers, str(op))
+    if not steps:
+        raise SurgeryError(f"plan {plan.canonical!r} executes no layers")
+    return ExecutionPlan(num_source_layers=num_layers, steps=tuple(steps))
