@@ -49,6 +49,7 @@ class ApplyOptions:
     dtype: str | None = None  # one of DTYPE_CHOICES; None keeps the source dtype
     shard_size: int = 5 * 10**9
     tie_repeats: bool = False
+    surgery_class: bool = False  # always write the surgery wrapper class, even when not needed
     overwrite: bool = False
     revision: str | None = None
     allow_pickle: bool = False
@@ -248,7 +249,7 @@ def apply_plan(
     with resolve_source(model, revision=options.revision, allow_pickle=options.allow_pickle) as source:
         spec, config = _load_source_config(source)
         execution = resolve_plan(plan, config.num_hidden_layers)
-        custom = execution.needs_custom_class(options.tie_repeats)
+        custom = options.surgery_class or execution.needs_custom_class(options.tie_repeats)
         tensor_map = build_tensor_map(
             index_checkpoint(source.weight_files),
             spec,

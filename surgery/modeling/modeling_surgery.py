@@ -192,6 +192,12 @@ class SurgeryPreTrainedModel(PreTrainedModel):
         return self.inner.get_output_embeddings()
 
     def _run_inner(self, output_hidden_states: bool | None, **kwargs: Any) -> Any:
+        return_dict = kwargs.pop("return_dict", None)
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        outputs = self._run_inner_dict(output_hidden_states, return_dict=True, **kwargs)
+        return outputs if return_dict else outputs.to_tuple()
+
+    def _run_inner_dict(self, output_hidden_states: bool | None, **kwargs: Any) -> Any:
         if output_hidden_states is None:
             output_hidden_states = getattr(self.config, "output_hidden_states", False)
         kwargs = {key: value for key, value in kwargs.items() if value is not None and key in self._inner_params}
@@ -216,7 +222,7 @@ class SurgeryModel(SurgeryPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, output_hidden_states=None, **kwargs):
         return self._run_inner(
-            output_hidden_states, input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs
+            output_hidden_states, input_ids=input_ids, attention_mask=attention_mask, **kwargs
         )
 
 
@@ -253,6 +259,5 @@ class SurgeryForCausalLM(SurgeryPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             cache_position=cache_position,
             logits_to_keep=logits_to_keep,
-            return_dict=True,
             **kwargs,
         )
