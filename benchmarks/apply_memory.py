@@ -89,17 +89,20 @@ class Run:
 
 
 def run_once(cmd: list[str]) -> Run:
-    """Run ``cmd``; rusage comes from ``os.wait4`` so it covers exactly this child."""
-    with tempfile.TemporaryFile() as err:
+    """Run ``cmd`` once. Peak RSS comes from GNU time when present, else from ``os.wait4`` (which reports at
+    least this parent's RSS: exec records the forked mm's high-water mark, hence the light parent)."""
+    with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as rss_file:
+        timer = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name] if os.access("/usr/bin/time", os.X_OK) else []
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(timer + cmd, stdout=subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode:
             err.seek(0)
             sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err.read().decode()}")
-    return Run(wall, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime)
+        rss_kb = int(rss_file.read().split()[-1]) if timer else usage.ru_maxrss
+    return Run(wall, rss_kb * 1024, usage.ru_utime + usage.ru_stime)
 
 
 def bench(cmd: list[str], repeats: int, cleanup: Path | None = None, mkdir: bool = False) -> list[Run]:

@@ -72,8 +72,11 @@ def _layer_window(model, arch: str, layer: int) -> int | None:
 
 
 @torch.no_grad()
-def reference_output(model, arch: str, input_ids: torch.Tensor, sequence: list) -> torch.Tensor:
-    """Logits (decoders) or last hidden state (BERT) of ``sequence`` run on the source ``model``."""
+def reference_output(model, arch: str, input_ids: torch.Tensor, sequence: list, final: bool = True) -> torch.Tensor:
+    """Logits (decoders) or last hidden state (BERT) of ``sequence`` run on the source ``model``.
+
+    With ``final=False``: the residual stream after the last step, before any final norm / head.
+    """
     length = input_ids.shape[1]
     positions = torch.arange(length)[None]
     if arch == "bert":
@@ -99,4 +102,4 @@ def reference_output(model, arch: str, input_ids: torch.Tensor, sequence: list) 
     for step in sequence:
         outputs = [_hidden(run(layers[i], hidden, i)) for i in _members(step)]
         hidden = sum(outputs) / len(outputs)
-    return finish(hidden)
+    return finish(hidden) if final else hidden

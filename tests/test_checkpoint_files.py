@@ -1,0 +1,120 @@
+"""What `apply` writes: shards, dtypes, per-layer config, side files, card, provenance, atomicity."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from tiny_models import build_tiny
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from surgery.errors import SurgeryError
+from surgery.io import safetensors_stream
+from surgery.materialize import ApplyOptions, apply_plan
+
+
+def _all_tensors(directory) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        with safe_open(path, "pt") as handle:
+            tensors.update({name: handle.get_tensor(name) for name in handle.keys()})
+    return tensors
+
+
+def test_repeated_layers_are_copied_with_renumbered_names(tiny_checkpoints, tmp_path):
+    apply_plan(str(tiny_checkpoints["llama"]), "repeat:2-4@6,skip:5", tmp_path / "out")
+    source = build_tiny("llama")
+    written = _all_tensors(tmp_path / "out")
+    config = AutoConfig.from_pretrained(tmp_path / "out")
+    assert config.num_hidden_layers == 7
+    for position, layer in enumerate([0, 1, 6, 6, 6, 6, 7]):
+        expected = source.model.layers[layer].self_attn.q_proj.weight
+        assert torch.equal(written[f"model.layers.{position}.self_attn.q_proj.weight"], expected)
+    assert not any(name.startswith("model.layers.7.") for name in written)
+    assert torch.equal(written["model.embed_tokens.weight"], source.model.embed_tokens.weight)
+
+
+def test_sharding_and_index(tiny_checkpoints, tmp_path):
+    options = ApplyOptions(shard_size=40_000)
+    apply_plan(str(tiny_checkpoints["llama"]), "skip:1", tmp_path / "out", options)
+    shards = sorted((tmp_path / "out").glob("model-*.safetensors"))
+    assert len(shards) > 3
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    written = _all_tensors(tmp_path / "out")
+    assert set(index["weight_map"]) == set(written)
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in written.values())
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert model.config.num_hidden_layers == 7
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_dtype_conversion(dtype, tiny_checkpoints, tmp_path):
+    apply_plan(str(tiny_checkpoints["llama"]), "skip:1", tmp_path / "out", ApplyOptions(dtype=dtype))
+    written = _all_tensors(tmp_path / "out")
+    assert {t.dtype for t in written.values()} == {getattr(torch, dtype)}
+    source = build_tiny("llama")
+    expected = source.model.layers[2].mlp.up_proj.weight.to(getattr(torch, dtype))
+    assert torch.equal(written["model.layers.1.mlp.up_proj.weight"], expected)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == dtype
+
+
+def test_source_dtype_kept_by_default(tiny_checkpoints, tmp_path):
+    apply_plan(str(tiny_checkpoints["llama"]), "skip:1", tmp_path / "bf16", ApplyOptions(dtype="bfloat16"))
+    apply_plan(str(tmp_path / "bf16"), "skip:1", tmp_path / "out")
+    assert {t.dtype for t in _all_tensors(tmp_path / "out").values()} == {torch.bfloat16}
+
+
+def test_per_layer_config_arrays_follow_their_layers(tiny_checkpoints, tmp_path):
+    source = AutoConfig.from_pretrained(tiny_checkpoints["qwen2"])
+    assert source.layer_types[6] == "sliding_attention" and source.layer_types[0] == "full_attention"
+    apply_plan(str(tiny_checkpoints["qwen2"]), "reverse:0-7", tmp_path / "out")
+    config = AutoConfig.from_pretrained(tmp_path / "out")
+    assert config.layer_types == list(reversed(source.layer_types))
+    apply_plan(str(tiny_checkpoints["qwen2"]), "parallel:2-3x2", tmp_path / "par")
+    config = AutoConfig.from_pretrained(tmp_path / "par", trust_remote_code=True)
+    instances = [0, 1, 2, 3, 2, 3, 4, 5, 6, 7]
+    assert config.layer_types == [source.layer_types[i] for i in instances]
+
+
+def test_parallel_group_mixing_attention_types_is_refused(tiny_checkpoints, tmp_path):
+    with pytest.raises(SurgeryError, match="mixes attention types"):
+        apply_plan(str(tiny_checkpoints["qwen2"]), "parallel:5-6", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_card_provenance_and_side_files(tiny_checkpoints, tmp_path):
+    apply_plan(str(tiny_checkpoints["llama"]), "parallel:2-4x3", tmp_path / "out")
+    out = tmp_path / "out"
+    provenance = json.loads((out / "surgery.json").read_text())
+    assert provenance["plan"]["given"] == "parallel:2-4x3"
+    assert provenance["plan"]["steps"][2] == [2, 3, 4]
+    assert provenance["source"]["num_layers"] == 8
+    assert provenance["output"]["layout"] == "surgery"
+    assert provenance["surgery_version"]
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\n")
+    assert "parallel" in card and "trust_remote_code=True" in card
+    assert (out / "generation_config.json").is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_surgery.SurgeryForCausalLM"
+    assert (out / "modeling_surgery.py").is_file() and (out / "configuration_surgery.py").is_file()
+
+
+def test_interrupted_write_leaves_nothing(tiny_checkpoints, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(safetensors_stream, "_write_tensor", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        apply_plan(str(tiny_checkpoints["llama"]), "skip:1", tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_parse_size():
+    assert safetensors_stream.parse_size("5GB") == 5 * 10**9
+    assert safetensors_stream.parse_size("500MiB") == 500 * 2**20
+    assert safetensors_stream.parse_size("1234") == 1234
+    with pytest.raises(SurgeryError, match="malformed size"):
+        safetensors_stream.parse_size("lots")
