@@ -2,8 +2,8 @@
 
 Benchmarks ``surgery apply``'s streaming materialization on a random TinyLlama-1.1B-shaped bf16 checkpoint
 (generated once into the work dir, one shard in memory at a time): wall time and peak RSS of the CLI
-subprocess (``os.wait4`` rusage) against ``cp`` of the same data and the Python+torch+transformers import
-floor. Results go to stdout and ``benchmarks/results/apply_memory.md`` (+ a PNG with ``--plot`` when
+subprocess (GNU ``time``/``os.wait4``) against ``cp`` of the same data and the Python+torch+transformers
+import floor. Results go to stdout and ``benchmarks/results/apply_memory.md`` (+ a PNG with ``--plot`` when
 matplotlib is installed). Page cache cannot be dropped, so every command gets one warm-up run first.
 """
 
@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
+import math
 import os
 import platform
 import shutil
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,15 +40,13 @@ def llama_tensors(c: dict) -> list[tuple[str, tuple[int, ...]]]:
     """Names and shapes of a LlamaForCausalLM state dict, in save order, without building the model."""
     h, inter, vocab = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
     kv = h // c["num_attention_heads"] * c["num_key_value_heads"]
-    out: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (vocab, h))]
-    for layer in range(c["num_hidden_layers"]):
-        p = f"model.layers.{layer}."
-        out += [(p + "self_attn.q_proj.weight", (h, h)), (p + "self_attn.k_proj.weight", (kv, h)),
-                (p + "self_attn.v_proj.weight", (kv, h)), (p + "self_attn.o_proj.weight", (h, h)),
-                (p + "mlp.gate_proj.weight", (inter, h)), (p + "mlp.up_proj.weight", (inter, h)),
-                (p + "mlp.down_proj.weight", (h, inter)), (p + "input_layernorm.weight", (h,)),
-                (p + "post_attention_layernorm.weight", (h,))]
-    return out + [("model.norm.weight", (h,)), ("lm_head.weight", (vocab, h))]
+    layer = {"self_attn.q_proj": (h, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
+             "self_attn.o_proj": (h, h), "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h),
+             "mlp.down_proj": (h, inter), "input_layernorm": (h,), "post_attention_layernorm": (h,)}
+    layers = [(f"model.layers.{i}.{key}.weight", shape) for i in range(c["num_hidden_layers"])
+              for key, shape in layer.items()]
+    return [("model.embed_tokens.weight", (vocab, h)), *layers, ("model.norm.weight", (h,)),
+            ("lm_head.weight", (vocab, h))]
 
 
 def make_checkpoint(src: Path) -> None:
@@ -60,21 +61,20 @@ def make_checkpoint(src: Path) -> None:
     shutil.rmtree(src, ignore_errors=True)
     src.mkdir(parents=True)
     specs = llama_tensors(CONFIG)
-    sizes = [2 * int(torch.Size(shape).numel()) for _, shape in specs]
-    total, offset = sum(sizes), 0
+    total, offset = sum(2 * math.prod(shape) for _, shape in specs), 0
     groups: list[list[tuple[str, tuple[int, ...]]]] = [[] for _ in range(NUM_SHARDS)]
-    for spec, size in zip(specs, sizes):
-        groups[min(NUM_SHARDS - 1, offset * NUM_SHARDS // total)].append(spec)
-        offset += size
+    for name, shape in specs:  # contiguous runs of ~total/NUM_SHARDS bytes each
+        groups[min(NUM_SHARDS - 1, offset * NUM_SHARDS // total)].append((name, shape))
+        offset += 2 * math.prod(shape)
     gen = torch.Generator().manual_seed(0)
     weight_map: dict[str, str] = {}
     for number, group in enumerate(groups, 1):
         name = f"model-{number:05d}-of-{NUM_SHARDS:05d}.safetensors"
-        shard = {key: torch.ones(shape, dtype=torch.bfloat16) if len(shape) == 1
-                 else torch.randn(shape, generator=gen, dtype=torch.bfloat16).mul_(0.02) for key, shape in group}
+        bf16 = torch.bfloat16
+        shard = {key: torch.ones(shape, dtype=bf16) if len(shape) == 1
+                 else torch.randn(shape, generator=gen, dtype=bf16).mul_(0.02) for key, shape in group}
         save_file(shard, str(src / name), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(shard, name))
-        del shard
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (src / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     LlamaConfig(**CONFIG).save_pretrained(src)
@@ -92,7 +92,8 @@ def run_once(cmd: list[str]) -> Run:
     """Run ``cmd`` once. Peak RSS comes from GNU time when present, else from ``os.wait4`` (which reports at
     least this parent's RSS: exec records the forked mm's high-water mark, hence the light parent)."""
     with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as rss_file:
-        timer = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name] if os.access("/usr/bin/time", os.X_OK) else []
+        timed = os.access("/usr/bin/time", os.X_OK)
+        timer = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name] if timed else []
         start = time.perf_counter()
         proc = subprocess.Popen(timer + cmd, stdout=subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -107,21 +108,23 @@ def run_once(cmd: list[str]) -> Run:
 
 def bench(cmd: list[str], repeats: int, cleanup: Path | None = None, mkdir: bool = False) -> list[Run]:
     """One warm-up, then ``repeats`` timed runs; ``cleanup`` is removed (and synced) before each run."""
-    runs = []
-    for i in range(repeats + 1):
+    runs: list[Run] = []
+    for _ in range(repeats + 1):
         if cleanup is not None:
             shutil.rmtree(cleanup, ignore_errors=True)
             if mkdir:
                 cleanup.mkdir(parents=True)
         os.sync()  # start every run with no dirty pages from the previous one
-        run = run_once(cmd)
-        if i:
-            runs.append(run)
-    return runs
+        runs.append(run_once(cmd))
+    return runs[1:]
 
 
 def shell(cmd: str) -> str:
     return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+
+
+def stat(runs: list[Run], key: str, how: Callable[[Iterable[float]], float] = statistics.median) -> float:
+    return how(getattr(r, key) for r in runs)
 
 
 def main() -> None:
@@ -131,10 +134,14 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=HERE / "_work")
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--plot", action="store_true", help="also write apply_memory.png (needs matplotlib)")
+    parser.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work: Path = args.work_dir.resolve()
     src, out, copy_dir = work / "tinyllama-random", work / "out", work / "cp-out"
-    make_checkpoint(src)
+    if args.generate_only:
+        return make_checkpoint(src)
+    # generate in a child: this parent must not import torch (exec'd children inherit its RSS high-water mark)
+    subprocess.run([sys.executable, __file__, "--work-dir", str(work), "--generate-only"], check=True)
     shards = sorted(src.glob("*.safetensors"))
     src_bytes = sum(p.stat().st_size for p in src.iterdir() if p.is_file())
     shard_bytes = sum(p.stat().st_size for p in shards)
@@ -142,92 +149,82 @@ def main() -> None:
     apply_cmd = [*([cli] if cli else [sys.executable, "-m", "surgery.cli"]),
                  "apply", "--quiet", "--plan", args.plan, str(src), str(out)]
     floor_code = "import surgery.materialize, transformers"
-    config_code = f"import surgery.materialize; from transformers import AutoConfig; AutoConfig.from_pretrained({str(src)!r})"
-
-    print(f"source: {src} ({src_bytes / 1e9:.3f} GB)", flush=True)
-    results: dict[str, tuple[list[Run], int | None]] = {}
-    results["import floor"] = (bench([sys.executable, "-c", floor_code], args.repeats), None)
-    results["import + AutoConfig"] = (bench([sys.executable, "-c", config_code], args.repeats), None)
+    print(f"source: {src} ({src_bytes / 1e9:.3f} GB); {args.repeats} runs + 1 warm-up each", flush=True)
+    results: dict[str, tuple[list[Run], int | None]] = {
+        "python -c pass": (bench([sys.executable, "-c", "pass"], args.repeats), None),
+        "import floor": (bench([sys.executable, "-c", floor_code], args.repeats), None),
+    }
     apply_runs = bench(apply_cmd, args.repeats, cleanup=out)
     out_bytes = sum(p.stat().st_size for p in out.glob("*.safetensors"))
     out_layers = json.loads((out / "config.json").read_text())["num_hidden_layers"]
     results["surgery apply"] = (apply_runs, out_bytes)
-    results["cp -r source dir"] = (bench(["cp", "-r", str(src), str(copy_dir)], args.repeats, copy_dir), src_bytes)
+    cp_dir = ["cp", "-r", str(src), str(copy_dir)]
+    results["cp -r source dir"] = (bench(cp_dir, args.repeats, copy_dir), src_bytes)
     cp_shards = ["cp", *map(str, shards), str(copy_dir)]
     results["cp source shards"] = (bench(cp_shards, args.repeats, copy_dir, mkdir=True), shard_bytes)
     shutil.rmtree(copy_dir, ignore_errors=True)
 
-    def med(runs: list[Run], key: str) -> float:
-        return statistics.median(getattr(r, key) for r in runs)
-
     rows = ["| measurement | GB | wall min (s) | wall median (s) | s/GB (median) | peak RSS median (MB) "
-            "| peak RSS max (MB) | CPU user+sys median (s) |", "|---|---|---|---|---|---|---|---|"]
-    for label, (runs, nbytes) in results.items():
-        gb = f"{nbytes / 1e9:.3f}" if nbytes else "-"
-        per_gb = f"{med(runs, 'wall') / (nbytes / 1e9):.3f}" if nbytes else "-"
-        rows.append(f"| {label} | {gb} | {min(r.wall for r in runs):.3f} | {med(runs, 'wall'):.3f} | {per_gb} | "
-                    f"{med(runs, 'rss') / 1e6:.1f} | {max(r.rss for r in runs) / 1e6:.1f} | {med(runs, 'cpu'):.3f} |")
-    cp_per_byte = med(results["cp source shards"][0], "wall") / shard_bytes
-    cp_scaled = cp_per_byte * out_bytes
-    floor_wall = med(results["import + AutoConfig"][0], "wall")
-    ratio = med(apply_runs, "wall") / cp_scaled
-    ratio_min = min(r.wall for r in apply_runs) / (min(r.wall for r in results["cp source shards"][0]) / shard_bytes
-                                                   * out_bytes)
-    ratio_net = (med(apply_runs, "wall") - floor_wall) / cp_scaled
-    rss_target = LARGEST_TENSOR + RSS_SLACK
-    rss_max = max(r.rss for r in apply_runs)
-    floor_rss = med(results["import floor"][0], "rss")
-    summary = [
+            "| peak RSS max (MB) | CPU user+sys median (s) | wall per run (s) |", "|---" * 9 + "|"]
+    for label, (runs, n) in results.items():
+        gb, per_gb = (f"{n / 1e9:.3f}", f"{stat(runs, 'wall') / (n / 1e9):.3f}") if n else ("-", "-")
+        rows.append(f"| {label} | {gb} | {stat(runs, 'wall', min):.3f} | {stat(runs, 'wall'):.3f} | {per_gb} "
+                    f"| {stat(runs, 'rss') / 1e6:.1f} | {stat(runs, 'rss', max) / 1e6:.1f} "
+                    f"| {stat(runs, 'cpu'):.3f} | {', '.join(f'{r.wall:.2f}' for r in runs)} |")
+    cp_runs, floor_runs = results["cp source shards"][0], results["import floor"][0]
+    cp_scaled = stat(cp_runs, "wall") / shard_bytes * out_bytes
+    ratio = stat(apply_runs, "wall") / cp_scaled
+    ratio_min = stat(apply_runs, "wall", min) / (stat(cp_runs, "wall", min) / shard_bytes * out_bytes)
+    ratio_net = (stat(apply_runs, "wall") - stat(floor_runs, "wall")) / cp_scaled
+    rss_target, rss_max = LARGEST_TENSOR + RSS_SLACK, stat(apply_runs, "rss", max)
+    verdict = {True: "PASS", False: "MISS"}.__getitem__
+    table = "\n".join([*rows, "",
         f"- output: {out_layers} layers, {out_bytes / 1e9:.3f} GB of safetensors "
-        f"(source 22 layers, {shard_bytes / 1e9:.3f} GB)",
-        f"- cp (shards) scaled to the bytes written: {cp_scaled:.3f} s",
+        f"(source {shard_bytes / 1e9:.3f} GB)",
+        f"- `cp` of the source shards, scaled to the bytes written: {cp_scaled:.3f} s (median)",
         f"- apply / cp-scaled: median {ratio:.2f}x, min/min {ratio_min:.2f}x (target <= {TIME_TARGET}x): "
-        f"{'PASS' if ratio <= TIME_TARGET else 'MISS'}",
-        f"- (apply - `import + AutoConfig` startup) / cp-scaled: {ratio_net:.2f}x "
-        f"({'PASS' if ratio_net <= TIME_TARGET else 'MISS'})",
-        f"- apply peak RSS max {rss_max / 1e6:.1f} MB vs target {rss_target / 1e6:.0f} MB "
-        f"(largest tensor {LARGEST_TENSOR / 1e6:.0f} MB + 300 MB): {'PASS' if rss_max <= rss_target else 'MISS'}; "
-        f"above the import floor: {(rss_max - floor_rss) / 1e6:.1f} MB",
-    ]
-    table = "\n".join(rows + [""] + summary)
+        f"{verdict(ratio <= TIME_TARGET)}",
+        f"- (apply - import floor) / cp-scaled, medians: {ratio_net:.2f}x: "
+        f"{verdict(ratio_net <= TIME_TARGET)}",
+        f"- apply peak RSS max {rss_max / 1e6:.1f} MB vs target {rss_target / 1e6:.0f} MB (largest tensor "
+        f"{LARGEST_TENSOR / 1e6:.0f} MB + 300 MB): {verdict(rss_max <= rss_target)}; "
+        f"{(rss_max - stat(floor_runs, 'rss')) / 1e6:.1f} MB above the import floor"])
     print("\n" + table)
-
-    import torch  # only for the version line
-
-    machine = (f"{shell('nproc')} cores ({platform.processor() or platform.machine()}), "
-               f"kernel {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}")
+    cpu = shell("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2") or platform.machine()
+    versions = ", ".join(f"{pkg} {importlib.metadata.version(pkg)}" for pkg in ("torch", "transformers"))
     report = "\n".join([
         "# `surgery apply` streaming materialization: time and peak RSS", "",
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"- machine: {machine}", "", "```", "$ free -g", shell("free -g"), "```", "",
-        f"- benchmark: `{' '.join(['python', f'benchmarks/{Path(__file__).name}', *sys.argv[1:]])}`",
-        f"- apply command: `{' '.join(apply_cmd)}`",
-        f"- import floor: `python -c \"{floor_code}\"`; `import + AutoConfig` also loads the source config",
+        f"- machine: {shell('nproc')} cores ({cpu}), kernel {platform.release()}, "
+        f"Python {platform.python_version()}, {versions}", "",
+        "```", "$ free -g", shell("free -g"), "```", "",
+        f"- benchmark: `{' '.join(['python', 'benchmarks/apply_memory.py', *sys.argv[1:]])}`",
+        f"- apply command: `{' '.join(apply_cmd)}`", f"- import floor: `python -c \"{floor_code}\"`",
         f"- {args.repeats} timed runs after 1 warm-up each (page cache warm, `sync` before every run); "
-        "peak RSS = `ru_maxrss` of the child from `os.wait4`; 1 GB = 1e9 bytes", "", table, ""])
+        "peak RSS = GNU time `%M` of the child; 1 GB = 1e9 bytes, 1 MB = 1e6 bytes", "", table, ""])
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "apply_memory.md").write_text(report)
     print(f"\nwrote {args.results / 'apply_memory.md'}")
     if args.plot:
-        try:
-            import matplotlib
-        except ImportError:
-            print("matplotlib not installed; skipping --plot")
-            return
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plot(results, rss_target, args.results / "apply_memory.png")
 
-        labels = list(results)
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
-        ax1.barh(labels, [med(results[k][0], "wall") for k in labels])
-        ax1.set_xlabel("median wall time (s)")
-        ax2.barh(labels, [med(results[k][0], "rss") / 1e6 for k in labels])
-        ax2.axvline(rss_target / 1e6, color="red", linestyle="--", label="RSS target")
-        ax2.set_xlabel("median peak RSS (MB)")
-        ax2.legend()
-        fig.tight_layout()
-        fig.savefig(args.results / "apply_memory.png", dpi=120)
-        print(f"wrote {args.results / 'apply_memory.png'}")
+
+def plot(results: dict[str, tuple[list[Run], int | None]], rss_target: int, path: Path) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        return print("matplotlib is not installed; skipping --plot")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    ax1.barh(list(results), [stat(runs, "wall") for runs, _ in results.values()])
+    ax2.barh(list(results), [stat(runs, "rss") / 1e6 for runs, _ in results.values()])
+    ax2.axvline(rss_target / 1e6, color="red", linestyle="--", label="RSS target")
+    ax1.set_xlabel("median wall time (s)"), ax2.set_xlabel("median peak RSS (MB)"), ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

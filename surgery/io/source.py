@@ -124,6 +124,15 @@ def _from_directory(given: str, directory: Path, allow_pickle: bool) -> SourceMo
     return SourceModel(given, directory, "directory", converted, provenance, tmp)
 
 
+def _drop_gguf_vocab_copy(directory: Path) -> None:
+    """A tokenizer loaded from GGUF saves the GGUF file itself as ``tokenizer.model``; tokenizer.json suffices."""
+    vocab = directory / "tokenizer.model"
+    if vocab.is_file() and (directory / "tokenizer.json").is_file():
+        with open(vocab, "rb") as handle:
+            if handle.read(4) == b"GGUF":
+                vocab.unlink()
+
+
 def _from_gguf(given: str, path: Path) -> SourceModel:
     """Dequantize a GGUF file into a temporary transformers checkpoint (weights, config, tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -136,6 +145,7 @@ def _from_gguf(given: str, path: Path) -> SourceModel:
         del model
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         tokenizer.save_pretrained(out)
+        _drop_gguf_vocab_copy(out)
     except Exception as exc:  # transformers raises many types for unreadable GGUF files
         tmp.cleanup()
         raise SurgeryError(f"cannot read GGUF file {path}: {str(exc).splitlines()[0]}") from None
