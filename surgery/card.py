@@ -17,7 +17,9 @@ OP_MEANINGS = {
     "shuffle": "layers A..B run in the order random.Random(S).shuffle gives (§3.4)",
     "repeat": "every position A..B runs layer L instead (§3.3, 'middle repeat')",
     "loop": "the block A..B runs K times in sequence (Appendix A.6)",
-    "parallel": "layers A..B read the same input and their outputs are averaged; xK applies the block K times (§3.5, §3.7)",
+    "parallel": (
+        "layers A..B read the same input and their outputs are averaged; xK applies the block K times (§3.5, §3.7)"
+    ),
 }
 
 
@@ -60,21 +62,21 @@ def write_model_card(
     body = f"""
 # {out_dir.name}
 
-Layer surgery of **{base_model or source['given']}** with the plan `{plan['canonical']}`, made with
-[surgery](https://github.com/) {record['surgery_version']}, after *Transformer Layers as Painters*
+Layer surgery of **{base_model or source["given"]}** with the plan `{plan["canonical"]}`, made with
+[surgery](https://github.com/) {record["surgery_version"]}, after *Transformer Layers as Painters*
 (Sun, Pickett, Nain, Jones, 2024). No weights were trained or changed: layers were only dropped, reordered,
 repeated or run in parallel. Expect lower quality than the source model, most of all on math and reasoning.
 
 | | |
 |---|---|
-| source layers | {source['num_layers']} |
-| executed layer instances | {output['executed_layers']} |
-| stored layers | {output['stored_layers']} |
+| source layers | {source["num_layers"]} |
+| executed layer instances | {output["executed_layers"]} |
+| stored layers | {output["stored_layers"]} |
 | executed sequence | `{execution.describe()}` |
 | layout | {layout} |
 
 ## What the plan does
-{meanings or '- identity: every layer runs once, in order'}
+{meanings or "- identity: every layer runs once, in order"}
 
 Indices are 0-based over the source model's layers; `A-B` is inclusive. A bracketed group `[a b c]` in the
 executed sequence is a parallel block (outputs averaged); `xK` repeats it K times.

@@ -67,16 +67,34 @@ PLAN_HELP = (
 @click.option("--plan", "plan_text", required=True, help=PLAN_HELP)
 @click.argument("model")
 @click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="Store floating tensors in this dtype (default: source dtype).")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16", "bfloat16"]),
+    help="Store floating tensors in this dtype (default: source dtype).",
+)
 @click.option("--shard-size", default="5GB", show_default=True, help="Maximum safetensors shard size.")
 @click.option("--tie-repeats", is_flag=True, help="Store each unique layer once (uses the surgery model class).")
-@click.option("--surgery-class", is_flag=True, help="Always write the surgery model class (even when the source architecture could express the plan).")
+@click.option(
+    "--surgery-class",
+    is_flag=True,
+    help="Always write the surgery model class (even when the source architecture could express the plan).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
 @click.option("--revision", help="Hub revision (branch, tag or commit) when MODEL is a Hub id.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle-only (.bin) weights; only for models you trust.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 def apply(
-    plan_text, model, out_dir, dtype, shard_size, tie_repeats, surgery_class, overwrite, revision, allow_pickle, quiet
+    plan_text,
+    model,
+    out_dir,
+    dtype,
+    shard_size,
+    tie_repeats,
+    surgery_class,
+    overwrite,
+    revision,
+    allow_pickle,
+    quiet,
 ):
     """Apply a layer plan to MODEL (Hub id, directory or .gguf) and write a standalone checkpoint to OUT_DIR."""
     from tqdm.auto import tqdm

@@ -167,12 +167,20 @@ def _write_source_config(config, spec: ArchSpec, execution: ExecutionPlan, dtype
 
 
 def _write_surgery_config(
-    config, spec: ArchSpec, execution: ExecutionPlan, tensor_map: TensorMap, plan: LayerPlan, dtype: str | None, out: Path
+    config,
+    spec: ArchSpec,
+    execution: ExecutionPlan,
+    tensor_map: TensorMap,
+    plan: LayerPlan,
+    dtype: str | None,
+    out: Path,
 ) -> None:
     from surgery.modeling import SurgeryConfig
 
     fields = {
-        k: v for k, v in config.to_dict().items() if k not in ("model_type", "architectures", "auto_map", "transformers_version")
+        k: v
+        for k, v in config.to_dict().items()
+        if k not in ("model_type", "architectures", "auto_map", "transformers_version")
     }
     architectures = config.architectures or [_default_architecture(config.model_type, spec.generative)]
     per_layer = {key: getattr(config, key, None) for key in spec.per_layer_config}
@@ -182,7 +190,9 @@ def _write_surgery_config(
             fields[key] = [values[i] for i in execution.instances]
     for step in execution.steps:
         if layer_types is not None and len({layer_types[i] for i in step.layers}) > 1:
-            raise SurgeryError(f"parallel group {step} mixes attention types {sorted({layer_types[i] for i in step.layers})}")
+            raise SurgeryError(
+                f"parallel group {step} mixes attention types {sorted({layer_types[i] for i in step.layers})}"
+            )
     if dtype is not None:
         fields["dtype"] = dtype
     wrapper = "SurgeryForCausalLM" if spec.generative else "SurgeryModel"
@@ -290,8 +300,9 @@ def apply_plan(
                 "source": {**source.provenance, "given": model, "num_layers": execution.num_source_layers},
                 "output": {
                     "layout": "surgery" if custom else "source",
-                    "architecture": "SurgeryForCausalLM" if custom and spec.generative else
-                    ("SurgeryModel" if custom else (config.architectures or [None])[0]),
+                    "architecture": "SurgeryForCausalLM"
+                    if custom and spec.generative
+                    else ("SurgeryModel" if custom else (config.architectures or [None])[0]),
                     "executed_layers": len(execution.instances),
                     "stored_layers": len(tensor_map.stored_sources),
                     "stored_layer_sources": tensor_map.stored_sources,

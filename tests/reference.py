@@ -87,7 +87,12 @@ def reference_output(model, arch: str, input_ids: torch.Tensor, sequence: list, 
         if arch in LLAMA_LIKE:
             base, embed, norm, head = model.model, model.model.embed_tokens, model.model.norm, model.lm_head
         elif arch == "gpt_neox":
-            base, embed, norm, head = model.gpt_neox, model.gpt_neox.embed_in, model.gpt_neox.final_layer_norm, model.embed_out
+            base, embed, norm, head = (
+                model.gpt_neox,
+                model.gpt_neox.embed_in,
+                model.gpt_neox.final_layer_norm,
+                model.embed_out,
+            )
         else:
             raise ValueError(arch)
         hidden = embed(input_ids)

@@ -99,7 +99,9 @@ def test_debug_shows_traceback(tmp_path):
 
 
 def test_apply_prints_summary(tiny_checkpoints, tmp_path):
-    result = CliRunner().invoke(main, ["apply", "--plan", "parallel:2-4x2", str(tiny_checkpoints["llama"]), str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        main, ["apply", "--plan", "parallel:2-4x2", str(tiny_checkpoints["llama"]), str(tmp_path / "o")]
+    )
     assert result.exit_code == 0, result.output
     assert "layers: 8 source -> 11 executed, 11 stored" in result.output
     assert "executed sequence: 0-1 [2 3 4]x2 5-7" in result.output

@@ -87,8 +87,15 @@ def _incremental_logits(model, ids: torch.Tensor, new_tokens: torch.Tensor) -> t
     return torch.stack(logits, dim=1)
 
 
-CACHE_PLANS = ["identity", "skip:2-4", "repeat:2-5@3", "loop:2-3x3", "parallel:2-5", "parallel:2-4x3",
-               "reverse:1-2,parallel:4-5x2,skip:7"]
+CACHE_PLANS = [
+    "identity",
+    "skip:2-4",
+    "repeat:2-5@3",
+    "loop:2-3x3",
+    "parallel:2-5",
+    "parallel:2-4x3",
+    "reverse:1-2,parallel:4-5x2,skip:7",
+]
 
 
 @pytest.mark.parametrize("plan", CACHE_PLANS)

@@ -57,7 +57,11 @@ def test_output_loads_without_this_package(arch, plan, options, tiny_checkpoints
     env = {**os.environ, "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     child = subprocess.run(
         [sys.executable, "-c", CHILD, str(out), arch, str(tmp_path / "ids.pt"), str(tmp_path / "y.pt")],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
     )
     assert child.returncode == 0, child.stderr
     expected_class = ("SurgeryModel" if arch == "bert" else "SurgeryForCausalLM") if result.custom_class else None

@@ -75,7 +75,9 @@ def test_tokenizer_is_shipped_and_adds_bos(smollm_identity, prompt_ids):
         ("repeat:13-17", [*range(13), *[15] * 5, *range(18, 30)], ApplyOptions(tie_repeats=True)),
     ],
 )
-def test_real_model_plans_match_reference(plan, sequence, options, smollm_identity, smollm_source, prompt_ids, tmp_path):
+def test_real_model_plans_match_reference(
+    plan, sequence, options, smollm_identity, smollm_source, prompt_ids, tmp_path
+):
     apply_plan(str(smollm_identity), plan, tmp_path / "out", options)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True, dtype=torch.float32)
     model.eval()

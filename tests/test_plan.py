@@ -32,7 +32,9 @@ def test_single_index_is_a_one_layer_range():
 
 
 def test_whitespace_and_op_order_do_not_matter():
-    assert _as_sequence(" parallel:4-5x2 , reverse:1-2,skip:7 ") == EXPECTED_SEQUENCES["reverse:1-2,parallel:4-5x2,skip:7"]
+    assert (
+        _as_sequence(" parallel:4-5x2 , reverse:1-2,skip:7 ") == EXPECTED_SEQUENCES["reverse:1-2,parallel:4-5x2,skip:7"]
+    )
 
 
 def test_canonical_form_round_trips():
@@ -94,7 +96,9 @@ def test_plans_that_do_not_fit_the_model(plan, message):
 
 def test_yaml_ops_plan(tmp_path):
     path = tmp_path / "plan.yaml"
-    path.write_text("ops:\n  - skip:0\n  - {op: parallel, layers: 4-5, loops: 2}\n  - {op: shuffle, layers: 1-3, seed: 7}\n")
+    path.write_text(
+        "ops:\n  - skip:0\n  - {op: parallel, layers: 4-5, loops: 2}\n  - {op: shuffle, layers: 1-3, seed: 7}\n"
+    )
     plan = load_plan(str(path))
     assert plan.canonical == "skip:0,shuffle:1-3@7,parallel:4-5x2"
 

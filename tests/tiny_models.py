@@ -22,15 +22,22 @@ from transformers import (
 
 NUM_LAYERS = 8
 VOCAB = 96
-_COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=NUM_LAYERS,
-               num_attention_heads=4, max_position_embeddings=128)
+_COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=NUM_LAYERS,
+    num_attention_heads=4,
+    max_position_embeddings=128,
+)
 
 TINY = {
     "llama": lambda: LlamaForCausalLM(LlamaConfig(**_COMMON, num_key_value_heads=2, tie_word_embeddings=False)),
     "llama-tied": lambda: LlamaForCausalLM(LlamaConfig(**_COMMON, num_key_value_heads=2, tie_word_embeddings=True)),
     "mistral": lambda: MistralForCausalLM(MistralConfig(**_COMMON, num_key_value_heads=2, sliding_window=6)),
-    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**_COMMON, num_key_value_heads=2, use_sliding_window=True,
-                                                  sliding_window=6, max_window_layers=6)),
+    "qwen2": lambda: Qwen2ForCausalLM(
+        Qwen2Config(**_COMMON, num_key_value_heads=2, use_sliding_window=True, sliding_window=6, max_window_layers=6)
+    ),
     "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(**_COMMON, num_key_value_heads=2, head_dim=8)),
     "gpt_neox": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(**_COMMON, rotary_pct=0.5)),
     "bert": lambda: BertModel(BertConfig(**_COMMON)),

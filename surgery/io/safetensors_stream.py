@@ -75,7 +75,9 @@ def index_checkpoint(files: Iterable[Path]) -> dict[str, TensorRecord]:
             if name == "__metadata__":
                 continue
             begin, end = info["data_offsets"]
-            records[name] = TensorRecord(name, path, info["dtype"], tuple(info["shape"]), data_start + begin, end - begin)
+            records[name] = TensorRecord(
+                name, path, info["dtype"], tuple(info["shape"]), data_start + begin, end - begin
+            )
     return records
 
 

@@ -66,7 +66,8 @@ class SurgeryConfig(PretrainedConfig):
         fields = {
             key: value
             for key, value in self.to_dict().items()
-            if key not in SURGERY_KEYS and key not in ("model_type", "auto_map", "architectures", "transformers_version")
+            if key not in SURGERY_KEYS
+            and key not in ("model_type", "auto_map", "architectures", "transformers_version")
         }
         fields["num_hidden_layers"] = self.surgery_stored_layers
         if self.surgery_stored_layer_types is not None:

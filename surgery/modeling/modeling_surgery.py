@@ -204,9 +204,7 @@ class SurgeryPreTrainedModel(PreTrainedModel):
         if not output_hidden_states:
             return self.inner(**kwargs)
         last_hidden: list[torch.Tensor] = []
-        hook = self.inner.base_model.register_forward_hook(
-            lambda module, args, output: last_hidden.append(output[0])
-        )
+        hook = self.inner.base_model.register_forward_hook(lambda module, args, output: last_hidden.append(output[0]))
         try:
             with self._execution.recording(True):
                 outputs = self.inner(**kwargs)
@@ -221,9 +219,7 @@ class SurgeryModel(SurgeryPreTrainedModel):
     """A surgery checkpoint of a non-generative source architecture (e.g. a BERT encoder)."""
 
     def forward(self, input_ids=None, attention_mask=None, output_hidden_states=None, **kwargs):
-        return self._run_inner(
-            output_hidden_states, input_ids=input_ids, attention_mask=attention_mask, **kwargs
-        )
+        return self._run_inner(output_hidden_states, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
 
 class SurgeryForCausalLM(SurgeryPreTrainedModel, GenerationMixin):

@@ -91,7 +91,9 @@ class ExecutionPlan:
 
 def _check_in_range(index: int, total: int, where: str) -> None:
     if not 0 <= index < total:
-        raise SurgeryError(f"layer index {index} out of range in {where}: this model has {total} layers (0-{total - 1})")
+        raise SurgeryError(
+            f"layer index {index} out of range in {where}: this model has {total} layers (0-{total - 1})"
+        )
 
 
 def _op_steps(op: Op, total: int) -> list[Step]:

@@ -28,9 +28,7 @@ from surgery.errors import SurgeryError
 
 OP_KINDS = ("skip", "reverse", "shuffle", "repeat", "loop", "parallel")
 
-_OP_RE = re.compile(
-    r"^(?P<kind>[a-z_]+):(?P<start>\d+)(?:-(?P<end>\d+))?(?:@(?P<at>-?\d+))?(?:x(?P<times>-?\d+))?$"
-)
+_OP_RE = re.compile(r"^(?P<kind>[a-z_]+):(?P<start>\d+)(?:-(?P<end>\d+))?(?:@(?P<at>-?\d+))?(?:x(?P<times>-?\d+))?$")
 _RANGE_RE = re.compile(r"^(?P<start>\d+)(?:-(?P<end>\d+))?$")
 
 
