@@ -183,5 +183,17 @@ def plan_show(plan_text, model, num_layers, as_json):
     click.echo(f"output:    {layout}")
 
 
+@main.command()
+@click.option("--plan", "plan_text", default="skip:13-19", show_default=True, help=PLAN_HELP)
+@click.option("--out", "out_dir", default="demo-out", show_default=True, type=click.Path(path_type=Path))
+@click.option("--prompt", default="What is the capital of France?", show_default=True)
+@click.option("--max-new-tokens", default=24, show_default=True)
+def demo(plan_text, out_dir, prompt, max_new_tokens):
+    """Apply a plan to the bundled SmolLM2-135M-Instruct and compare it with the source model."""
+    from surgery.demo import run_demo
+
+    run_demo(plan_text, out_dir, prompt, max_new_tokens)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

