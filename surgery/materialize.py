@@ -27,7 +27,6 @@ from surgery.architectures import ArchSpec, arch_for
 from surgery.card import write_model_card, write_provenance
 from surgery.errors import SurgeryError
 from surgery.io.safetensors_stream import (
-    DTYPE_NAMES,
     FLOAT_DTYPES,
     OutputTensor,
     TensorRecord,
@@ -228,6 +227,44 @@ def _load_source_config(source: SourceModel):
     return spec, config
 
 
+def _provenance(
+    model: str,
+    source: SourceModel,
+    plan: LayerPlan,
+    execution: ExecutionPlan,
+    tensor_map: TensorMap,
+    options: ApplyOptions,
+    custom: bool,
+    config,
+    spec: ArchSpec,
+) -> dict:
+    """The machine-readable record written as ``surgery.json``."""
+    if custom:
+        architecture = "SurgeryForCausalLM" if spec.generative else "SurgeryModel"
+    else:
+        architecture = (config.architectures or [None])[0]
+    return {
+        "surgery_version": __version__,
+        "plan": {
+            "given": plan.text,
+            "canonical": plan.canonical,
+            "executed": execution.describe(),
+            "steps": [list(step.layers) for step in execution.steps],
+        },
+        "source": {**source.provenance, "given": model, "num_layers": execution.num_source_layers},
+        "output": {
+            "layout": "surgery" if custom else "source",
+            "architecture": architecture,
+            "executed_layers": len(execution.instances),
+            "stored_layers": len(tensor_map.stored_sources),
+            "stored_layer_sources": tensor_map.stored_sources,
+            "tie_repeats": options.tie_repeats,
+            "tensor_dtypes": sorted({tensor.dtype for tensor in tensor_map.tensors}),
+            "total_bytes": sum(tensor.nbytes for tensor in tensor_map.tensors),
+        },
+    }
+
+
 def _install(tmp: Path, out_dir: Path) -> None:
     """Move the finished temporary directory into place (replacing an old one only now)."""
     backup = None
@@ -282,35 +319,12 @@ def apply_plan(
                     progress(done, total)
 
             write_checkpoint_weights(tmp, tensor_map.tensors, options.shard_size, step)
-            source_dtype = DTYPE_NAMES.get(getattr(config, "dtype", None))
-            config_dtype = options.dtype
             if custom:
-                _write_surgery_config(config, spec, execution, tensor_map, plan, config_dtype, tmp)
+                _write_surgery_config(config, spec, execution, tensor_map, plan, options.dtype, tmp)
             else:
-                _write_source_config(config, spec, execution, config_dtype, tmp)
+                _write_source_config(config, spec, execution, options.dtype, tmp)
             copy_side_files(source.path, tmp)
-            record = {
-                "surgery_version": __version__,
-                "plan": {
-                    "given": plan.text,
-                    "canonical": plan.canonical,
-                    "executed": execution.describe(),
-                    "steps": [list(step.layers) for step in execution.steps],
-                },
-                "source": {**source.provenance, "given": model, "num_layers": execution.num_source_layers},
-                "output": {
-                    "layout": "surgery" if custom else "source",
-                    "architecture": "SurgeryForCausalLM"
-                    if custom and spec.generative
-                    else ("SurgeryModel" if custom else (config.architectures or [None])[0]),
-                    "executed_layers": len(execution.instances),
-                    "stored_layers": len(tensor_map.stored_sources),
-                    "stored_layer_sources": tensor_map.stored_sources,
-                    "tie_repeats": options.tie_repeats,
-                    "dtype": options.dtype or (source_dtype and str(getattr(config, "dtype", ""))),
-                    "total_bytes": total,
-                },
-            }
+            record = _provenance(model, source, plan, execution, tensor_map, options, custom, config, spec)
             write_provenance(tmp, record)
             write_model_card(tmp, record, execution, custom_class=custom, generative=spec.generative)
             files = sorted(p.name for p in tmp.iterdir())

@@ -124,3 +124,21 @@ def test_every_instance_gets_its_own_cache_slot(tiny_checkpoints, tmp_path):
     assert model.config.num_hidden_layers == 14
     assert len(out.past_key_values.layers) == 14
     assert all(layer.keys.shape[-2] == 4 for layer in out.past_key_values.layers)
+
+
+def test_surgery_class_save_pretrained_round_trip(tiny_checkpoints, tmp_path):
+    """A loaded surgery model saves (e.g. after fine-tuning) into a checkpoint that loads back identically."""
+    apply_plan(
+        str(tiny_checkpoints["llama-tied"]),
+        "parallel:2-4x2,repeat:5-6@5",
+        tmp_path / "a",
+        ApplyOptions(tie_repeats=True),
+    )
+    model = _load("llama-tied", tmp_path / "a")
+    model.save_pretrained(tmp_path / "b")
+    assert (tmp_path / "b" / "modeling_surgery.py").is_file()
+    again = _load("llama-tied", tmp_path / "b")
+    ids = _input_ids()
+    assert torch.equal(_output(model, "llama-tied", ids), _output(again, "llama-tied", ids))
+    expected = reference_output(build_tiny("llama-tied"), "llama-tied", ids, [0, 1, (2, 3, 4), (2, 3, 4), 5, 5, 7])
+    assert (_output(again, "llama-tied", ids) - expected).abs().max().item() <= TOLERANCE
