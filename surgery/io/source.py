@@ -133,24 +133,91 @@ def _drop_gguf_vocab_copy(directory: Path) -> None:
                 vocab.unlink()
 
 
+def _gguf_tensors_to_safetensors(path: Path, config, out: Path, shard_bytes: int = 128 << 20) -> None:
+    """Dequantize GGUF tensors one at a time into safetensors shards (never the whole model in memory).
+
+    Follows transformers' ``load_gguf_checkpoint`` tensor loop (name mapping, per-architecture processing
+    such as the q/k permutation of Llama) but flushes a shard every ``shard_bytes``.
+    """
+    import numpy as np
+    import torch
+    from gguf import GGUFReader, dequantize
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS,
+        TensorProcessor,
+        get_gguf_hf_weights_map,
+        load_gguf_checkpoint,
+    )
+
+    parsed = load_gguf_checkpoint(str(path), return_tensors=False)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    mapping = get_gguf_hf_weights_map(skeleton)
+    reader = GGUFReader(str(path))
+    architecture = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=parsed["config"])
+    weight_map: dict[str, str] = {}
+    pending: dict[str, torch.Tensor] = {}
+    pending_bytes = 0
+
+    def flush() -> None:
+        nonlocal pending, pending_bytes
+        name = f"gguf-{len(set(weight_map.values())):05d}.safetensors"
+        save_file(pending, str(out / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(pending, name))
+        pending, pending_bytes = {}, 0
+
+    for tensor in reader.tensors:
+        result = processor.process(
+            weights=dequantize(tensor.data, tensor.tensor_type),
+            name=tensor.name,
+            tensor_key_mapping=mapping,
+            parsed_parameters=parsed,
+        )
+        if result.name not in mapping:
+            continue
+        pending[mapping[result.name]] = torch.from_numpy(np.array(result.weights, copy=True))
+        pending_bytes += pending[mapping[result.name]].nbytes
+        if pending_bytes >= shard_bytes:
+            flush()
+    if pending:
+        flush()
+    index = {"metadata": {}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
 def _from_gguf(given: str, path: Path) -> SourceModel:
     """Dequantize a GGUF file into a temporary transformers checkpoint (weights, config, tokenizer)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     tmp = tempfile.TemporaryDirectory(prefix="surgery-gguf-")
     out = Path(tmp.name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
-        model.save_pretrained(out, safe_serialization=True)
-        del model
+        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        if not config.architectures:
+            from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+            config.architectures = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config.model_type]]
+        _gguf_tensors_to_safetensors(path, config, out)
+        config.dtype = "float32"
+        config.save_pretrained(out)
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         tokenizer.save_pretrained(out)
         _drop_gguf_vocab_copy(out)
-    except Exception as exc:  # transformers raises many types for unreadable GGUF files
+        _save_generation_config(path, config, out)
+    except Exception as exc:  # transformers / gguf raise many types for unreadable GGUF files
         tmp.cleanup()
         raise SurgeryError(f"cannot read GGUF file {path}: {str(exc).splitlines()[0]}") from None
     provenance = {"source": str(path.resolve()), "kind": "gguf", "sha256": sha256_file(path)}
     return SourceModel(given, out, "gguf", safetensors_files(out), provenance, tmp)
+
+
+def _save_generation_config(path: Path, config, out: Path) -> None:
+    from transformers import GenerationConfig
+
+    GenerationConfig.from_model_config(config).save_pretrained(out)
 
 
 def _from_hub(given: str, revision: str | None, allow_pickle: bool) -> SourceModel:
