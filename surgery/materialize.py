@@ -294,6 +294,8 @@ def apply_plan(
     plan = load_plan(plan_text)
     dtype = DTYPE_CHOICES[options.dtype] if options.dtype else None
     with resolve_source(model, revision=options.revision, allow_pickle=options.allow_pickle) as source:
+        if out_dir.resolve() == source.path.resolve():
+            raise SurgeryError(f"output directory {out_dir} is the source model; choose another OUT_DIR")
         spec, config = _load_source_config(source)
         execution = resolve_plan(plan, config.num_hidden_layers)
         custom = options.surgery_class or execution.needs_custom_class(options.tie_repeats)

@@ -74,6 +74,13 @@ def test_existing_output_needs_overwrite(tiny_checkpoints, tmp_path):
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
 
 
+def test_output_cannot_be_the_source(tiny_checkpoints):
+    source = tiny_checkpoints["llama"]
+    result = _run("apply", "--overwrite", "--plan", "skip:1", str(source), str(source))
+    _assert_one_line_error(result, "is the source model")
+    assert (source / "model.safetensors").is_file()
+
+
 def test_pickle_only_weights_refused_unless_allowed(tmp_path):
     import torch
     from tiny_models import build_tiny
