@@ -1,0 +1,67 @@
+"""Apply a layer plan to a loaded model in memory: no checkpoint written, no weights copied.
+
+Sweeps (similarity, benchmarks) run hundreds of variants of one model. :func:`planned` swaps the model's
+block list for the same :class:`~surgery.modeling.modeling_surgery.ExecutionList` the surgery checkpoints
+use (its steps reference the model's own layers, so repeats share weights), sizes the config for one
+KV-cache slot per executed instance, and restores everything on exit::
+
+    with planned(model, "parallel:8-23x3"):
+        logits = model(input_ids).logits
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import nn
+
+from surgery.architectures import arch_for
+from surgery.errors import SurgeryError
+from surgery.modeling.modeling_surgery import ExecutionList
+from surgery.plan import ExecutionPlan, LayerPlan, load_plan, resolve_plan
+
+
+def find_layer_list(model: nn.Module, layer_list: str) -> tuple[nn.Module, str, nn.ModuleList]:
+    """Locate the block list (e.g. ``model.layers``) in ``model``: (parent module, attribute, list)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and (name == layer_list or name.endswith("." + layer_list)):
+            parent_name, _, attribute = name.rpartition(".")
+            return (model.get_submodule(parent_name) if parent_name else model), attribute, module
+    raise SurgeryError(f"no block list {layer_list!r} found in {type(model).__name__}")
+
+
+def resolve_for_model(model: nn.Module, plan: str | LayerPlan) -> ExecutionPlan:
+    """Resolve a plan (text, YAML path or :class:`LayerPlan`) against ``model``'s layer count."""
+    layer_plan = load_plan(plan) if isinstance(plan, str) else plan
+    return resolve_plan(layer_plan, model.config.num_hidden_layers)
+
+
+@contextmanager
+def planned(model: nn.Module, plan: str | LayerPlan | ExecutionPlan) -> Iterator[ExecutionPlan]:
+    """Run ``model`` with ``plan`` applied inside the ``with`` block; yields the resolved plan."""
+    spec = arch_for(getattr(model.config, "model_type", None))
+    parent, attribute, layers = find_layer_list(model, spec.layer_list)
+    if isinstance(layers, ExecutionList):
+        raise SurgeryError("a plan is already applied to this model; nest plans by composing them instead")
+    execution = plan if isinstance(plan, ExecutionPlan) else resolve_for_model(model, plan)
+    if execution.num_source_layers != len(layers):
+        raise SurgeryError(f"plan is for {execution.num_source_layers} layers, model has {len(layers)}")
+    config = model.config
+    saved = {"num_hidden_layers": config.num_hidden_layers, "layer_types": getattr(config, "layer_types", None)}
+    layer_types = saved["layer_types"]
+    for step in execution.steps:
+        if layer_types is not None and len({layer_types[i] for i in step.layers}) > 1:
+            raise SurgeryError(f"parallel group {step} mixes attention types")
+    setattr(parent, attribute, ExecutionList(layers, [list(step.layers) for step in execution.steps]))
+    # One cache slot per executed instance; loops that slice by num_hidden_layers still see every step.
+    config.num_hidden_layers = len(execution.instances)
+    if layer_types is not None:
+        config.layer_types = [layer_types[i] for i in execution.instances]
+    try:
+        yield execution
+    finally:
+        setattr(parent, attribute, layers)
+        config.num_hidden_layers = saved["num_hidden_layers"]
+        if layer_types is not None:
+            config.layer_types = layer_types
