@@ -1,10 +1,10 @@
 """Run: python benchmarks/apply_memory.py [--repeats 3] [--plan skip:8-14] [--work-dir DIR] [--plot]
 
 Benchmarks ``surgery apply``'s streaming materialization on a random TinyLlama-1.1B-shaped bf16 checkpoint
-(generated once into the work dir, one shard in memory at a time): wall time and peak RSS of the CLI
-subprocess (GNU ``time``/``os.wait4``) against ``cp`` of the same data and the Python+torch+transformers
-import floor. Results go to stdout and ``benchmarks/results/apply_memory.md`` (+ a PNG with ``--plot`` when
-matplotlib is installed). Page cache cannot be dropped, so every command gets one warm-up run first.
+(generated once into the work dir, one shard in memory at a time): wall time and peak RSS of the CLI subprocess
+against ``cp`` of the same data and the Python+torch+transformers import floor. Commands run round-robin (round 0
+is a warm-up: the page cache cannot be dropped), so drift hits all alike. Writes benchmarks/results/apply_memory.md
+(and, with ``--plot``, a PNG when matplotlib is installed).
 """
 
 from __future__ import annotations
@@ -23,30 +23,35 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 NUM_SHARDS = 5
 LARGEST_TENSOR = 32000 * 2048 * 2  # embed_tokens / lm_head in bf16
-RSS_SLACK = 300 * 10**6
+RSS_TARGET = LARGEST_TENSOR + 300 * 10**6
 TIME_TARGET = 1.3
-CONFIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-              num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
-              tie_word_embeddings=False, torch_dtype="bfloat16")
+CONFIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22)
+CONFIG |= dict(num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048)
+CONFIG |= dict(tie_word_embeddings=False, torch_dtype="bfloat16")
 
 
 def llama_tensors(c: dict) -> list[tuple[str, tuple[int, ...]]]:
     """Names and shapes of a LlamaForCausalLM state dict, in save order, without building the model."""
     h, inter, vocab = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
     kv = h // c["num_attention_heads"] * c["num_key_value_heads"]
-    layer = {"self_attn.q_proj": (h, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
-             "self_attn.o_proj": (h, h), "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h),
-             "mlp.down_proj": (h, inter), "input_layernorm": (h,), "post_attention_layernorm": (h,)}
-    layers = [(f"model.layers.{i}.{key}.weight", shape) for i in range(c["num_hidden_layers"])
-              for key, shape in layer.items()]
-    return [("model.embed_tokens.weight", (vocab, h)), *layers, ("model.norm.weight", (h,)),
-            ("lm_head.weight", (vocab, h))]
+    attn = {"q_proj": (h, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, h)}
+    mlp = {"gate_proj": (inter, h), "up_proj": (inter, h), "down_proj": (h, inter)}
+    layer = {f"self_attn.{k}": v for k, v in attn.items()} | {f"mlp.{k}": v for k, v in mlp.items()}
+    layer |= {"input_layernorm": (h,), "post_attention_layernorm": (h,)}
+    n = c["num_hidden_layers"]
+    layers = [(f"model.layers.{i}.{key}.weight", shape) for i in range(n) for key, shape in layer.items()]
+    return [
+        ("model.embed_tokens.weight", (vocab, h)),
+        *layers,
+        ("model.norm.weight", (h,)),
+        ("lm_head.weight", (vocab, h)),
+    ]
 
 
 def make_checkpoint(src: Path) -> None:
@@ -66,13 +71,11 @@ def make_checkpoint(src: Path) -> None:
     for name, shape in specs:  # contiguous runs of ~total/NUM_SHARDS bytes each
         groups[min(NUM_SHARDS - 1, offset * NUM_SHARDS // total)].append((name, shape))
         offset += 2 * math.prod(shape)
-    gen = torch.Generator().manual_seed(0)
-    weight_map: dict[str, str] = {}
+    gen, weight_map = torch.Generator().manual_seed(0), {}
     for number, group in enumerate(groups, 1):
         name = f"model-{number:05d}-of-{NUM_SHARDS:05d}.safetensors"
-        bf16 = torch.bfloat16
-        shard = {key: torch.ones(shape, dtype=bf16) if len(shape) == 1
-                 else torch.randn(shape, generator=gen, dtype=bf16).mul_(0.02) for key, shape in group}
+        shard = {key: torch.randn(shape, generator=gen, dtype=torch.bfloat16).mul_(0.02) for key, shape in group}
+        shard |= {key: torch.ones_like(value) for key, value in shard.items() if value.dim() == 1}  # norms
         save_file(shard, str(src / name), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(shard, name))
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
@@ -86,45 +89,66 @@ class Run:
     wall: float  # seconds
     rss: int  # peak RSS, bytes
     cpu: float  # user + sys seconds
+    others: float  # CPU seconds the rest of the machine used meanwhile (/proc/stat busy time - ours)
 
 
-def run_once(cmd: list[str]) -> Run:
-    """Run ``cmd`` once. Peak RSS comes from GNU time when present, else from ``os.wait4`` (which reports at
-    least this parent's RSS: exec records the forked mm's high-water mark, hence the light parent)."""
-    with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as rss_file:
-        timed = os.access("/usr/bin/time", os.X_OK)
+@dataclass
+class Job:
+    label: str
+    cmd: list[str]
+    nbytes: int | None = None  # bytes it writes
+    fresh_dir: Path | None = None  # removed before every run
+    mkdir: bool = False  # ... and recreated empty
+    inner: bool = False  # wall = the seconds the command prints last (its own timer), not the process time
+    runs: list[Run] = field(default_factory=list)
+
+    def stat(self, key: str, how: Callable[[Iterable[float]], float] = statistics.median) -> float:
+        return how(getattr(r, key) for r in self.runs)
+
+
+def run_once(cmd: list[str], inner: bool = False) -> Run:
+    """Run ``cmd``; peak RSS from GNU time if present, else ``os.wait4`` (which can't go below this parent's RSS)."""
+    timed = os.access("/usr/bin/time", os.X_OK)
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile("r") as rss_file:
+        start, busy = time.perf_counter(), busy_seconds()
         timer = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name] if timed else []
-        start = time.perf_counter()
-        proc = subprocess.Popen(timer + cmd, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(timer + cmd, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode:
             err.seek(0)
             sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err.read().decode()}")
-        rss_kb = int(rss_file.read().split()[-1]) if timer else usage.ru_maxrss
-    return Run(wall, rss_kb * 1024, usage.ru_utime + usage.ru_stime)
+        rss_kb = int(rss_file.read().split()[-1]) if timed else usage.ru_maxrss
+        if inner:
+            out.seek(0)
+            wall = float(out.read().split()[-1])
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(wall, rss_kb * 1024, cpu, max(0.0, busy_seconds() - busy - cpu))
 
 
-def bench(cmd: list[str], repeats: int, cleanup: Path | None = None, mkdir: bool = False) -> list[Run]:
-    """One warm-up, then ``repeats`` timed runs; ``cleanup`` is removed (and synced) before each run."""
-    runs: list[Run] = []
-    for _ in range(repeats + 1):
-        if cleanup is not None:
-            shutil.rmtree(cleanup, ignore_errors=True)
-            if mkdir:
-                cleanup.mkdir(parents=True)
-        os.sync()  # start every run with no dirty pages from the previous one
-        runs.append(run_once(cmd))
-    return runs[1:]
+def busy_seconds() -> float:
+    """Non-idle CPU seconds of the whole machine since boot."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def bench(jobs: list[Job], repeats: int) -> None:
+    """Round 0 is a warm-up; then ``repeats`` timed rounds, each running every job once after a ``sync``."""
+    for round_ in range(repeats + 1):
+        for job in jobs:
+            if job.fresh_dir is not None:
+                shutil.rmtree(job.fresh_dir, ignore_errors=True)
+                if job.mkdir:
+                    job.fresh_dir.mkdir(parents=True)
+            os.sync()  # no dirty pages left over from the previous run
+            run = run_once(job.cmd, job.inner)
+            job.runs += [run] if round_ else []
+        print(f"round {round_}/{repeats} done" + (" (warm-up)" if not round_ else ""), flush=True)
 
 
 def shell(cmd: str) -> str:
-    return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
-
-
-def stat(runs: list[Run], key: str, how: Callable[[Iterable[float]], float] = statistics.median) -> float:
-    return how(getattr(r, key) for r in runs)
+    return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.rstrip()
 
 
 def main() -> None:
@@ -137,79 +161,81 @@ def main() -> None:
     parser.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work: Path = args.work_dir.resolve()
-    src, out, copy_dir = work / "tinyllama-random", work / "out", work / "cp-out"
+    src, out, out2, copy_dir = (work / name for name in ("tinyllama-random", "out", "out-inproc", "cp-out"))
     if args.generate_only:
         return make_checkpoint(src)
     # generate in a child: this parent must not import torch (exec'd children inherit its RSS high-water mark)
     subprocess.run([sys.executable, __file__, "--work-dir", str(work), "--generate-only"], check=True)
     shards = sorted(src.glob("*.safetensors"))
-    src_bytes = sum(p.stat().st_size for p in src.iterdir() if p.is_file())
-    shard_bytes = sum(p.stat().st_size for p in shards)
+    src_bytes, shard_bytes = (sum(p.stat().st_size for p in files) for files in (src.glob("*"), shards))
     cli = shutil.which("surgery", path=str(Path(sys.executable).parent))
-    apply_cmd = [*([cli] if cli else [sys.executable, "-m", "surgery.cli"]),
-                 "apply", "--quiet", "--plan", args.plan, str(src), str(out)]
+    apply_cmd = [cli] if cli else [sys.executable, "-m", "surgery.cli"]
+    apply_cmd += ["apply", "--quiet", "--plan", args.plan, str(src), str(out)]
     floor_code = "import surgery.materialize, transformers"
-    print(f"source: {src} ({src_bytes / 1e9:.3f} GB); {args.repeats} runs + 1 warm-up each", flush=True)
-    results: dict[str, tuple[list[Run], int | None]] = {
-        "python -c pass": (bench([sys.executable, "-c", "pass"], args.repeats), None),
-        "import floor": (bench([sys.executable, "-c", floor_code], args.repeats), None),
-    }
-    apply_runs = bench(apply_cmd, args.repeats, cleanup=out)
-    out_bytes = sum(p.stat().st_size for p in out.glob("*.safetensors"))
+    inproc = "import time; from surgery.materialize import apply_plan as a; t = time.perf_counter(); "
+    inproc += f"a({str(src)!r}, {args.plan!r}, {str(out2)!r}); print(time.perf_counter() - t)"
+    py = [sys.executable, "-c"]
+    floor, apply, apply_fn, cp_dir, cp_shards = jobs = [
+        Job("import floor", [*py, floor_code]),
+        Job("surgery apply", apply_cmd, fresh_dir=out),
+        Job("apply_plan() alone (in-process timer)", [*py, inproc], fresh_dir=out2, inner=True),
+        Job("cp -r source dir", ["cp", "-r", str(src), str(copy_dir)], src_bytes, copy_dir),
+        Job("cp source shards", ["cp", *map(str, shards), str(copy_dir)], shard_bytes, copy_dir, mkdir=True),
+    ]
+    jobs.insert(0, Job("python -c pass", [*py, "pass"]))
+    print(f"source: {src} ({src_bytes / 1e9:.3f} GB); {args.repeats} rounds + 1 warm-up", flush=True)
+    bench(jobs, args.repeats)
+    busy = sum(r.others for job in jobs for r in job.runs)
+    load = f"other processes used {busy:.1f} CPU-s during the timed runs (~0 when idle; more inflates times)"
+    apply.nbytes = apply_fn.nbytes = out_bytes = sum(p.stat().st_size for p in out.glob("*.safetensors"))
     out_layers = json.loads((out / "config.json").read_text())["num_hidden_layers"]
-    results["surgery apply"] = (apply_runs, out_bytes)
-    cp_dir = ["cp", "-r", str(src), str(copy_dir)]
-    results["cp -r source dir"] = (bench(cp_dir, args.repeats, copy_dir), src_bytes)
-    cp_shards = ["cp", *map(str, shards), str(copy_dir)]
-    results["cp source shards"] = (bench(cp_shards, args.repeats, copy_dir, mkdir=True), shard_bytes)
-    shutil.rmtree(copy_dir, ignore_errors=True)
+    for path in (copy_dir, out2):
+        shutil.rmtree(path, ignore_errors=True)
 
-    rows = ["| measurement | GB | wall min (s) | wall median (s) | s/GB (median) | peak RSS median (MB) "
-            "| peak RSS max (MB) | CPU user+sys median (s) | wall per run (s) |", "|---" * 9 + "|"]
-    for label, (runs, n) in results.items():
-        gb, per_gb = (f"{n / 1e9:.3f}", f"{stat(runs, 'wall') / (n / 1e9):.3f}") if n else ("-", "-")
-        rows.append(f"| {label} | {gb} | {stat(runs, 'wall', min):.3f} | {stat(runs, 'wall'):.3f} | {per_gb} "
-                    f"| {stat(runs, 'rss') / 1e6:.1f} | {stat(runs, 'rss', max) / 1e6:.1f} "
-                    f"| {stat(runs, 'cpu'):.3f} | {', '.join(f'{r.wall:.2f}' for r in runs)} |")
-    cp_runs, floor_runs = results["cp source shards"][0], results["import floor"][0]
-    cp_scaled = stat(cp_runs, "wall") / shard_bytes * out_bytes
-    ratio = stat(apply_runs, "wall") / cp_scaled
-    ratio_min = stat(apply_runs, "wall", min) / (stat(cp_runs, "wall", min) / shard_bytes * out_bytes)
-    ratio_net = (stat(apply_runs, "wall") - stat(floor_runs, "wall")) / cp_scaled
-    rss_target, rss_max = LARGEST_TENSOR + RSS_SLACK, stat(apply_runs, "rss", max)
+    columns = ["measurement", "GB written", "wall min (s)", "wall median (s)", "s/GB (median)", "peak RSS median (MB)"]
+    columns += ["peak RSS max (MB)", "CPU user+sys median (s)", "wall per run (s)"]
+    rows = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    for job in jobs:
+        gb, per_gb = (f"{job.nbytes / 1e9:.3f}", f"{job.stat('wall') * 1e9 / job.nbytes:.3f}") if job.nbytes else "--"
+        cells = [job.label, gb, f"{job.stat('wall', min):.3f}", f"{job.stat('wall'):.3f}", per_gb]
+        cells += [f"{job.stat('rss') / 1e6:.1f}", f"{job.stat('rss', max) / 1e6:.1f}", f"{job.stat('cpu'):.3f}"]
+        rows.append("| " + " | ".join([*cells, ", ".join(f"{r.wall:.2f}" for r in job.runs)]) + " |")
     verdict = {True: "PASS", False: "MISS"}.__getitem__
+    cp_scaled, cp_min = (cp_shards.stat("wall", how) / shard_bytes * out_bytes for how in (statistics.median, min))
+
+    def ratios(job: Job) -> str:
+        ratio = job.stat("wall") / cp_scaled
+        return f"median {ratio:.2f}x, min/min {job.stat('wall', min) / cp_min:.2f}x: {verdict(ratio <= TIME_TARGET)}"
+
+    rss_max = apply.stat("rss", max)
     table = "\n".join([*rows, "",
-        f"- output: {out_layers} layers, {out_bytes / 1e9:.3f} GB of safetensors "
-        f"(source {shard_bytes / 1e9:.3f} GB)",
-        f"- `cp` of the source shards, scaled to the bytes written: {cp_scaled:.3f} s (median)",
-        f"- apply / cp-scaled: median {ratio:.2f}x, min/min {ratio_min:.2f}x (target <= {TIME_TARGET}x): "
-        f"{verdict(ratio <= TIME_TARGET)}",
-        f"- (apply - import floor) / cp-scaled, medians: {ratio_net:.2f}x: "
-        f"{verdict(ratio_net <= TIME_TARGET)}",
-        f"- apply peak RSS max {rss_max / 1e6:.1f} MB vs target {rss_target / 1e6:.0f} MB (largest tensor "
-        f"{LARGEST_TENSOR / 1e6:.0f} MB + 300 MB): {verdict(rss_max <= rss_target)}; "
-        f"{(rss_max - stat(floor_runs, 'rss')) / 1e6:.1f} MB above the import floor"])
+        f"- output: {out_layers} layers, {out_bytes / 1e9:.3f} GB of safetensors (source {shard_bytes / 1e9:.3f} GB)",
+        f"- `cp` of the source shards, scaled to the bytes apply writes: {cp_scaled:.3f} s (median)",
+        f"- `surgery apply` (whole CLI process) / cp-scaled (target <= {TIME_TARGET}x): {ratios(apply)}",
+        f"- `apply_plan()` alone (no imports, no interpreter start/exit) / cp-scaled: {ratios(apply_fn)}",
+        f"- apply peak RSS max {rss_max / 1e6:.1f} MB vs target {RSS_TARGET / 1e6:.0f} MB (largest tensor "
+        f"{LARGEST_TENSOR / 1e6:.0f} MB + 300 MB): {verdict(rss_max <= RSS_TARGET)}; "
+        f"{(rss_max - floor.stat('rss')) / 1e6:.1f} MB above the import floor", f"- contention: {load}"])  # fmt: skip
     print("\n" + table)
-    cpu = shell("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2") or platform.machine()
+    cpu = shell("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip() or platform.machine()
     versions = ", ".join(f"{pkg} {importlib.metadata.version(pkg)}" for pkg in ("torch", "transformers"))
-    report = "\n".join([
-        "# `surgery apply` streaming materialization: time and peak RSS", "",
+    report = ["# `surgery apply` streaming materialization: time and peak RSS\n",
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- machine: {shell('nproc')} cores ({cpu}), kernel {platform.release()}, "
-        f"Python {platform.python_version()}, {versions}", "",
-        "```", "$ free -g", shell("free -g"), "```", "",
+        f"Python {platform.python_version()}, {versions}\n", f"```\n$ free -g\n{shell('free -g')}\n```\n",
         f"- benchmark: `{' '.join(['python', 'benchmarks/apply_memory.py', *sys.argv[1:]])}`",
-        f"- apply command: `{' '.join(apply_cmd)}`", f"- import floor: `python -c \"{floor_code}\"`",
-        f"- {args.repeats} timed runs after 1 warm-up each (page cache warm, `sync` before every run); "
-        "peak RSS = GNU time `%M` of the child; 1 GB = 1e9 bytes, 1 MB = 1e6 bytes", "", table, ""])
+        f"- apply command: `{' '.join(apply_cmd)}`", f'- import floor: `python -c "{floor_code}"`',
+        f"- {args.repeats} timed rounds after 1 warm-up round, commands interleaved, `sync` before every run, "
+        "page cache warm; peak RSS = GNU time `%M` of the child; 1 GB = 1e9 bytes, 1 MB = 1e6 bytes\n",
+        table + "\n"]  # fmt: skip
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "apply_memory.md").write_text(report)
+    (args.results / "apply_memory.md").write_text("\n".join(report))
     print(f"\nwrote {args.results / 'apply_memory.md'}")
     if args.plot:
-        plot(results, rss_target, args.results / "apply_memory.png")
+        plot(jobs, args.results / "apply_memory.png")
 
 
-def plot(results: dict[str, tuple[list[Run], int | None]], rss_target: int, path: Path) -> None:
+def plot(jobs: list[Job], path: Path) -> None:
     try:
         import matplotlib
     except ImportError:
@@ -218,9 +244,9 @@ def plot(results: dict[str, tuple[list[Run], int | None]], rss_target: int, path
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
-    ax1.barh(list(results), [stat(runs, "wall") for runs, _ in results.values()])
-    ax2.barh(list(results), [stat(runs, "rss") / 1e6 for runs, _ in results.values()])
-    ax2.axvline(rss_target / 1e6, color="red", linestyle="--", label="RSS target")
+    ax1.barh([j.label for j in jobs], [j.stat("wall") for j in jobs])
+    ax2.barh([j.label for j in jobs], [j.stat("rss") / 1e6 for j in jobs])
+    ax2.axvline(RSS_TARGET / 1e6, color="red", linestyle="--", label="RSS target")
     ax1.set_xlabel("median wall time (s)"), ax2.set_xlabel("median peak RSS (MB)"), ax2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
