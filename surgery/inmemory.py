@@ -7,6 +7,10 @@ KV-cache slot per executed instance, and restores everything on exit::
 
     with planned(model, "parallel:8-23x3"):
         logits = model(input_ids).logits
+        hidden = forward_with_hidden_states(model, input_ids=input_ids).hidden_states  # one entry per step
+
+Under a plan, use :func:`forward_with_hidden_states` rather than ``output_hidden_states=True``: the source
+model's own hidden-state hooks fire once per *layer call*, so a parallel block would give one entry per member.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from torch import nn
 
 from surgery.architectures import arch_for
 from surgery.errors import SurgeryError
-from surgery.modeling.modeling_surgery import ExecutionList
+from surgery.modeling.modeling_surgery import ExecutionList, forward_recording_steps
 from surgery.plan import ExecutionPlan, LayerPlan, load_plan, resolve_plan
 
 
@@ -65,3 +69,16 @@ def planned(model: nn.Module, plan: str | LayerPlan | ExecutionPlan) -> Iterator
         config.num_hidden_layers = saved["num_hidden_layers"]
         if layer_types is not None:
             config.layer_types = layer_types
+
+
+def forward_with_hidden_states(model: nn.Module, **inputs):
+    """Forward pass whose ``hidden_states`` has one entry per executed step (plus the embedding output).
+
+    Without a plan applied this is ``model(**inputs, output_hidden_states=True)``; inside :func:`planned` it
+    records the steps of the plan (a parallel block is one entry: the mean of its members).
+    """
+    spec = arch_for(getattr(model.config, "model_type", None))
+    _, _, layers = find_layer_list(model, spec.layer_list)
+    if not isinstance(layers, ExecutionList):
+        return model(**inputs, output_hidden_states=True)
+    return forward_recording_steps(model, layers, **inputs)

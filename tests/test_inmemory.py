@@ -53,3 +53,20 @@ def test_nested_plans_refused():
         with planned(model, "skip:2"):
             pass
     assert model.config.num_hidden_layers == 8
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt_neox", "bert"])
+def test_hidden_states_under_a_plan_have_one_entry_per_step(arch):
+    from surgery.inmemory import forward_with_hidden_states
+
+    model = build_tiny(arch)
+    ids = torch.randint(0, 96, (1, 6), generator=torch.Generator().manual_seed(1))
+    sequence = [0, 1, (2, 3, 4), (2, 3, 4), 5, 7]
+    with planned(model, "parallel:2-4x2,skip:6"), torch.no_grad():
+        hidden = forward_with_hidden_states(model, input_ids=ids).hidden_states
+    assert len(hidden) == len(sequence) + 1
+    expected = reference_output(build_tiny(arch), arch, ids, sequence[:4], final=False)
+    assert (hidden[4] - expected).abs().max().item() <= 1e-4
+    with torch.no_grad():
+        plain = forward_with_hidden_states(model, input_ids=ids).hidden_states
+    assert len(plain) == 9

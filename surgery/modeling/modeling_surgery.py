@@ -132,6 +132,26 @@ class ExecutionList(nn.ModuleList):
         return self.steps[index]
 
 
+def forward_recording_steps(model: PreTrainedModel, execution: ExecutionList, **kwargs: Any) -> Any:
+    """Run ``model`` and set ``hidden_states`` to one entry per executed step.
+
+    Entries: the input of the first step (embedding output), the output of every step but the last, and the
+    model's ``last_hidden_state`` (after the final norm where the architecture has one), as in transformers.
+    A parallel block is one step (its mean), whatever the source model's own hidden-state hooks record.
+    """
+    kwargs.pop("output_hidden_states", None)
+    last_hidden: list[torch.Tensor] = []
+    hook = model.base_model.register_forward_hook(lambda module, args, output: last_hidden.append(output[0]))
+    try:
+        with execution.recording(True):
+            outputs = model(**kwargs, output_hidden_states=False)
+            recorded = list(execution.recorded)
+    finally:
+        hook.remove()
+    outputs["hidden_states"] = tuple(recorded[:-1]) + (last_hidden[-1],)
+    return outputs
+
+
 def _resolve_attr(root: nn.Module, dotted: str) -> tuple[nn.Module, str]:
     parent = root
     *path, last = dotted.split(".")
@@ -203,16 +223,7 @@ class SurgeryPreTrainedModel(PreTrainedModel):
         kwargs = {key: value for key, value in kwargs.items() if value is not None and key in self._inner_params}
         if not output_hidden_states:
             return self.inner(**kwargs)
-        last_hidden: list[torch.Tensor] = []
-        hook = self.inner.base_model.register_forward_hook(lambda module, args, output: last_hidden.append(output[0]))
-        try:
-            with self._execution.recording(True):
-                outputs = self.inner(**kwargs)
-                recorded = list(self._execution.recorded)
-        finally:
-            hook.remove()
-        outputs["hidden_states"] = tuple(recorded[:-1]) + (last_hidden[-1],)
-        return outputs
+        return forward_recording_steps(self.inner, self._execution, **kwargs)
 
 
 class SurgeryModel(SurgeryPreTrainedModel):
