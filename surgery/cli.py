@@ -195,5 +195,14 @@ def demo(plan_text, out_dir, prompt, max_new_tokens):
     run_demo(plan_text, out_dir, prompt, max_new_tokens)
 
 
+def _register_subcommands() -> None:
+    """Commands that live with their pipeline stage (analysis, evaluation, ...)."""
+    from surgery.analysis.cli import similarity
+
+    main.add_command(similarity)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":  # pragma: no cover
     main()
