@@ -1,0 +1,346 @@
+"""Fine-tune-then-evaluate one GLUE task under a layer plan (paper §2, A.8 and A.9).
+
+``AutoModelForSequenceClassification`` on the source checkpoint (a task head is initialized where the checkpoint
+has none, e.g. MiniLM's ``BertModel``), the plan applied in memory with :func:`surgery.inmemory.planned` for
+training *and* evaluation (the plan swaps the block list only; parameters stay the same objects, so the
+optimizer sees them throughout, skipped layers simply get no gradient and parallel groups get gradients
+through the mean of their outputs), then a plain PyTorch loop: AdamW (no weight decay on biases and
+LayerNorm weights), linear warmup over the first 10 % of steps then linear decay, gradient clipping at 1.
+
+Modes:
+
+* ``full``: every parameter trains (standard BERT fine-tuning; the paper's main BERT numbers).
+* ``frozen`` (A.9, "an additional output layer can adapt, but the model itself is frozen"): only the task
+  head trains, i.e. the parameters outside the base model (``classifier``) plus any the checkpoint did not
+  provide (newly initialized by loading). A pretrained pooler is part of the model and stays frozen. The
+  frozen encoder runs in eval mode (no dropout, as at inference); the head's own dropout stays active.
+
+Runs are deterministic for a seed: it seeds the head's initialization, dropout and the shuffling. The training
+subset (``max_train``) is a random sample drawn with the seed; the evaluation subset (``max_eval``) is a fixed
+sample (seed 0) so that runs with different seeds are scored on the same examples.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from surgery.errors import SurgeryError
+from surgery.glue.data import Example, TaskData, TaskSpec, load_task
+from surgery.glue.metrics import compute_metrics, task_score
+
+MODES = ("full", "frozen")
+DEFAULT_LR = {"full": 2e-5, "frozen": 1e-3}
+EVAL_SUBSET_SEED = 0
+
+
+@dataclass
+class GlueConfig:
+    model: str
+    plan: str | None = None
+    mode: str = "full"
+    epochs: int = 3
+    lr: float | None = None  # None: DEFAULT_LR[mode]
+    batch_size: int = 32
+    max_length: int = 128
+    max_train: int | None = None
+    max_eval: int | None = None
+    seed: int = 0
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    eval_batch_size: int = 64
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise SurgeryError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.mode]
+        for name in ("epochs", "batch_size", "max_length", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise SurgeryError(f"{name.replace('_', '-')} must be at least 1")
+        for name in ("max_train", "max_eval"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise SurgeryError(f"{name.replace('_', '-')} must be at least 1")
+        if not self.lr > 0:
+            raise SurgeryError("lr must be positive")
+
+    def record(self) -> dict[str, Any]:
+        from surgery import __version__
+
+        return {**asdict(self), "surgery_version": __version__}
+
+
+@dataclass
+class TaskResult:
+    task: str
+    metrics: dict[str, float]
+    score: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def set_seed(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def subset(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+    """At most ``limit`` examples: a random sample drawn with ``seed``, in file order."""
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    chosen = sorted(random.Random(seed).sample(range(len(examples)), limit))
+    return [examples[i] for i in chosen]
+
+
+def load_classifier(model_name: str, spec: TaskSpec):
+    """``(model, tokenizer, newly_initialized_names)`` for ``spec``: a sequence classifier on ``model_name``."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from surgery.architectures import arch_for
+
+    path = Path(model_name).expanduser()
+    if path.exists() and not path.is_dir():
+        raise SurgeryError(f"{model_name} is a file; MODEL must be a Hub id or a model directory")
+    if model_name.startswith((".", "/", "~")) and not path.exists():
+        raise SurgeryError(f"model path not found: {model_name}")
+    try:
+        config = AutoConfig.from_pretrained(model_name)
+    except (OSError, ValueError) as exc:
+        raise SurgeryError(f"cannot load {model_name}: {str(exc).splitlines()[0]}") from None
+    if config.model_type == "surgery":
+        raise SurgeryError(
+            f"{model_name} is a surgery checkpoint; run `surgery glue` on its source model with --plan instead"
+        )
+    if arch_for(config.model_type).generative:
+        raise SurgeryError(
+            f"`surgery glue` fine-tunes encoder models (BERT); {model_name} is a {config.model_type} decoder"
+        )
+    kwargs: dict[str, Any] = {"num_labels": spec.num_labels}
+    if spec.regression:
+        kwargs["problem_type"] = "regression"
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized" warning is expected: we record it instead
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            model_name, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
+        )
+        tokenizer = AutoTokenizer.from_pretrained(model_name)
+    except OSError as exc:
+        raise SurgeryError(f"cannot load {model_name}: {str(exc).splitlines()[0]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    new = sorted({*info.get("missing_keys", ()), *(key for key, *_ in info.get("mismatched_keys", ()))})
+    return model.float(), tokenizer, new
+
+
+def trainable_names(model, mode: str, newly_initialized: list[str]) -> set[str]:
+    """Names of the parameters that train in ``mode`` (see the module docstring)."""
+    names = [name for name, _ in model.named_parameters()]
+    if mode == "full":
+        return set(names)
+    base = model.base_model_prefix + "."
+    new = set(newly_initialized)
+    return {name for name in names if not name.startswith(base) or name in new}
+
+
+def freeze(model, trainable: set[str]) -> None:
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in trainable)
+
+
+def set_train_mode(model, mode: str) -> None:
+    model.train()
+    if mode == "frozen":
+        model.base_model.eval()
+
+
+class Encoded:
+    """Tokenized examples; ``batch(indices)`` pads a batch dynamically."""
+
+    def __init__(self, tokenizer, examples: list[Example], max_length: int, regression: bool):
+        import torch
+
+        a = [example.text_a for example in examples]
+        b = [example.text_b for example in examples] if examples and examples[0].text_b is not None else None
+        self.features = dict(tokenizer(a, b, truncation=True, max_length=max_length)) if examples else {"input_ids": []}
+        self.pad_id = tokenizer.pad_token_id or 0
+        dtype = torch.float32 if regression else torch.long
+        self.labels = torch.tensor([example.label for example in examples], dtype=dtype)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def length(self, index: int) -> int:
+        return len(self.features["input_ids"][index])
+
+    def batch(self, indices: list[int]) -> dict:
+        """Right-padded tensors for ``indices`` (pad id for ``input_ids``, 0 elsewhere) plus ``labels``."""
+        import torch
+
+        width = max(self.length(i) for i in indices)
+        batch = {}
+        for key, values in self.features.items():
+            pad = self.pad_id if key == "input_ids" else 0
+            batch[key] = torch.tensor([values[i] + [pad] * (width - len(values[i])) for i in indices])
+        batch["labels"] = self.labels[indices]
+        return batch
+
+
+def make_optimizer(model, config: GlueConfig, total_steps: int):
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([group for group in groups if group["params"]], lr=config.lr)
+    warmup = int(config.warmup_ratio * total_steps)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+
+
+def train(model, data: Encoded, config: GlueConfig, *, progress: bool = True, desc: str = "train") -> dict:
+    """Fine-tune ``model`` (already frozen/planned as wanted) on ``data``; returns loss statistics."""
+    import torch
+    from tqdm.auto import tqdm
+
+    steps_per_epoch = math.ceil(len(data) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    optimizer, scheduler = make_optimizer(model, config, total)
+    generator = torch.Generator().manual_seed(config.seed)
+    params = [param for param in model.parameters() if param.requires_grad]
+    losses: list[float] = []
+    set_train_mode(model, config.mode)
+    with tqdm(total=total, desc=desc, file=sys.stderr, disable=not progress, leave=False) as bar:
+        for _ in range(config.epochs):
+            order = torch.randperm(len(data), generator=generator).tolist()
+            for start in range(0, len(order), config.batch_size):
+                batch = data.batch(order[start : start + config.batch_size])
+                loss = model(**batch).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                losses.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+    model.eval()
+    tail = losses[-steps_per_epoch:]
+    return {
+        "train_steps": total,
+        "first_loss": losses[0] if losses else None,
+        "last_epoch_loss": sum(tail) / len(tail) if tail else None,
+    }
+
+
+def predict(model, data: Encoded, batch_size: int, regression: bool, *, progress: bool = True) -> list:
+    """Predicted class ids (or scores for regression), in example order; batches sorted by length."""
+    import torch
+    from tqdm.auto import tqdm
+
+    model.eval()
+    order = sorted(range(len(data)), key=data.length)
+    predictions: list = [None] * len(data)
+    with torch.no_grad():
+        for start in tqdm(
+            range(0, len(order), batch_size), desc="eval", file=sys.stderr, disable=not progress, leave=False
+        ):
+            indices = order[start : start + batch_size]
+            batch = data.batch(indices)
+            batch.pop("labels")
+            logits = model(**batch).logits
+            values = logits.squeeze(-1).tolist() if regression else logits.argmax(-1).tolist()
+            for index, value in zip(indices, values):
+                predictions[index] = value
+    return predictions
+
+
+def run_task(
+    task: str, config: GlueConfig, *, data: TaskData | None = None, progress: bool = True, model_and_tokenizer=None
+) -> TaskResult:
+    """Fine-tune ``config.model`` on ``task`` under ``config.plan`` and score it on the validation set.
+
+    ``model_and_tokenizer`` (``(model, tokenizer, newly_initialized)`` as from :func:`load_classifier`) skips
+    loading; it is trained in place.
+    """
+    from surgery.inmemory import planned
+
+    started = time.perf_counter()
+    data = data if data is not None else load_task(task, config.data_dir)
+    spec = data.spec
+    train_examples = subset(data.train, config.max_train, config.seed)
+    eval_examples = subset(data.validation, config.max_eval, EVAL_SUBSET_SEED)
+    if not train_examples or not eval_examples:
+        raise SurgeryError(f"GLUE task {task}: no training or evaluation examples in {data.source}")
+    set_seed(config.seed)
+    model, tokenizer, new = model_and_tokenizer or load_classifier(config.model, spec)
+    trainable = trainable_names(model, config.mode, new)
+    freeze(model, trainable)
+    train_data = Encoded(tokenizer, train_examples, config.max_length, spec.regression)
+    eval_data = Encoded(tokenizer, eval_examples, config.max_length, spec.regression)
+    with planned(model, config.plan) if config.plan else nullcontext() as execution:
+        set_seed(config.seed)
+        stats = train(model, train_data, config, progress=progress, desc=f"{task} ({config.mode})")
+        predictions = predict(model, eval_data, config.eval_batch_size, spec.regression, progress=progress)
+    labels = [example.label for example in eval_examples]
+    metrics = compute_metrics(task, labels, predictions)
+    details = {
+        "data": data.source,
+        "train_examples": len(train_examples),
+        "eval_examples": len(eval_examples),
+        "executed": execution.describe() if execution is not None else "identity",
+        "newly_initialized": new,
+        "trainable_parameters": sum(p.numel() for n, p in model.named_parameters() if n in trainable),
+        **stats,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return TaskResult(task, metrics, task_score(task, metrics), details)
+
+
+def build_report(config: GlueConfig, results: list[TaskResult]) -> dict[str, Any]:
+    """The results JSON: ``config``, ``results.<task>.<metric>`` (+ ``score``), ``average`` and ``details``."""
+    from surgery.glue.metrics import TASK_METRICS, glue_average
+
+    scores = {result.task: result.score for result in results}
+    return {
+        "config": {**config.record(), "tasks": list(scores)},
+        "results": {result.task: {**result.metrics, "score": result.score} for result in results},
+        "average": {
+            "score": glue_average(scores),
+            "tasks": list(scores),
+            "task_metrics": {task: list(TASK_METRICS[task]) for task in scores},
+            "definition": "unnormalized mean over tasks of each task's score: its GLUE metric, or for two-metric "
+            "tasks the mean of both (MRPC: F1 and accuracy; STS-B: Pearson and Spearman)",
+        },
+        "details": {result.task: result.details for result in results},
+    }
+
+
+def run_glue(tasks: list[str], config: GlueConfig, *, progress: bool = True, on_result=None) -> dict[str, Any]:
+    """Run every task (the plan is parsed and all data loaded first, so those errors come before any training)."""
+    if config.plan:
+        from surgery.plan import load_plan
+
+        load_plan(config.plan)
+    datasets = {task: load_task(task, config.data_dir) for task in tasks}
+    results = []
+    for task in tasks:
+        result = run_task(task, config, data=datasets[task], progress=progress)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return build_report(config, results)
