@@ -1,0 +1,326 @@
+"""Run lm-evaluation-harness on a loaded model with a layer plan applied in memory.
+
+lm-eval is the engine: the model (with :func:`surgery.inmemory.planned` active) is wrapped in lm-eval's own
+``HFLM`` and scored by ``lm_eval.simple_evaluate``, so prompts, tokenization (the tokenizer's default special
+tokens, e.g. SmolLM2's BOS), batching, metrics and aggregation are lm-eval's, and the numbers equal those
+of ``lm_eval --model hf`` on the same checkpoint (tests/test_eval_integration.py checks this exactly).
+Tasks and their datasets are loaded once per :class:`TaskSet` and reused for every variant of a sweep::
+
+    model, tokenizer = load_model_and_tokenizer("HuggingFaceTB/SmolLM2-135M")
+    taskset = TaskSet("lambada_openai,arc_easy", data_dir="shared/data")
+    full = taskset.run(model, tokenizer, limit=100)
+    skip = taskset.run(model, tokenizer, plan="skip:13-19", limit=100)
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from surgery.errors import SurgeryError
+from surgery.evaluation.tasks import (
+    Benchmark,
+    LocalTask,
+    parse_tasks,
+    resolve_local,
+    write_task_yamls,
+)
+
+# lm-eval's own defaults (lm_eval.simple_evaluate / the lm_eval CLI)
+LM_EVAL_SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234, "fewshot_random_seed": 1234}
+DEFAULT_BOOTSTRAP_ITERS = 100000
+
+log = logging.getLogger(__name__)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def seeds_for(seed: int | None) -> dict[str, int]:
+    """lm-eval's default seeds, or ``seed`` for all four (python, numpy, torch, few-shot sampling)."""
+    return dict(LM_EVAL_SEEDS) if seed is None else dict.fromkeys(LM_EVAL_SEEDS, int(seed))
+
+
+@contextmanager
+def _without_env_info() -> Iterator[None]:
+    """Skip ``simple_evaluate``'s environment report (torch's collect_env: seconds per call; sweeps run hundreds).
+
+    It only adds ``pretty_env_info`` and similar keys to the results; scores are untouched.
+    """
+    import lm_eval.evaluator as evaluator
+
+    original = getattr(evaluator, "add_env_info", None)
+    if original is None:
+        yield
+        return
+    evaluator.add_env_info = lambda results: None
+    try:
+        yield
+    finally:
+        evaluator.add_env_info = original
+
+
+class TaskSet:
+    """The requested benchmarks as loaded lm-eval ``Task`` objects, with where their data came from."""
+
+    def __init__(
+        self,
+        tasks: str | list[str] | None = None,
+        *,
+        data_dir: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        from lm_eval.tasks import TaskManager
+
+        self.benchmarks: list[Benchmark] = parse_tasks(tasks)
+        self.local: dict[str, LocalTask] | None = None
+        self._yaml_dir = None
+        if data_dir is not None:
+            self.local = resolve_local(self.benchmarks, Path(data_dir), Path(cache_dir) if cache_dir else None)
+            self._yaml_dir = tempfile.TemporaryDirectory(prefix="surgery-eval-tasks-")
+            write_task_yamls(self.local, Path(self._yaml_dir.name))
+            self.task_manager = TaskManager(include_path=self._yaml_dir.name, include_defaults=False)
+        else:
+            self.task_manager = TaskManager()
+        self.tasks: dict[str, Any] = {}  # lm-eval task name -> Task
+        for benchmark in self.benchmarks:
+            name = self.local[benchmark.name].task if self.local else benchmark.name
+            try:
+                self.tasks[name] = self.task_manager.load([name])["tasks"][name]
+            except SurgeryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - datasets/hub errors come in many types
+                if self.local:
+                    raise SurgeryError(f"task {benchmark.name!r}: cannot load local data ({_first_line(exc)})") from exc
+                raise SurgeryError(
+                    f"task {benchmark.name!r}: cannot load its Hub dataset {benchmark.hub_dataset} "
+                    f"({_first_line(exc)}); pass --data-dir DIR with local copies ({benchmark.layout})"
+                ) from exc
+        # simple_evaluate merges gen_kwargs into the task config in place: keep the YAML's to restore per run
+        self._generation_kwargs = {
+            name: copy.deepcopy(task.config.generation_kwargs)
+            for name, task in self.tasks.items()
+            if task.OUTPUT_TYPE == "generate_until"
+        }
+
+    def data_sources(self) -> dict[str, dict[str, Any]]:
+        """Per task: ``source`` (hub/local), dataset or files, and the stand-in flag and note."""
+        out = {}
+        for name, task in self.tasks.items():
+            if self.local:
+                item = next(i for i in self.local.values() if i.task == name)
+                out[name] = {
+                    "source": "local",
+                    "files": [str(p) for p in item.sources],
+                    "standin": item.standin,
+                }
+                if item.note:
+                    out[name]["note"] = item.note
+            else:
+                config = task.config
+                out[name] = {
+                    "source": "hub",
+                    "dataset": config.dataset_path,
+                    "dataset_name": config.dataset_name,
+                    "standin": False,
+                }
+        return out
+
+    def chance(self, limit: int | float | None) -> dict[str, dict[str, float]]:
+        """Random-guess level per task and metric over the docs that ``limit`` evaluates.
+
+        Multiple choice: mean of 1/len(choices) per item (ARC has some 3- and 5-choice items); LAMBADA and
+        GSM8K: 0 (open-ended answers).
+        """
+        from lm_eval.evaluator_utils import get_sample_size
+
+        out = {}
+        for name, task in self.tasks.items():
+            metrics = list(task._metric_fn_list)
+            if task.OUTPUT_TYPE == "multiple_choice":
+                docs = [doc for _, doc in task.doc_iterator(rank=0, limit=get_sample_size(task, limit), world_size=1)]
+                value = sum(1.0 / len(task.doc_to_choice(doc)) for doc in docs) / len(docs)
+                out[name] = {f"{m},none": value for m in metrics if m in ("acc", "acc_norm")}
+            elif task.OUTPUT_TYPE == "generate_until":
+                out[name] = {f"{m},{f.name}": 0.0 for f in task._filters for m in metrics}
+            else:
+                out[name] = {f"{m},none": 0.0 for m in metrics if m == "acc"}
+        return out
+
+    def run(
+        self,
+        model,
+        tokenizer,
+        *,
+        plan=None,
+        limit: int | float | None = None,
+        batch_size: int = 1,
+        max_gen_toks: int | None = None,
+        bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
+        seed: int | None = None,
+        log_samples: bool = False,
+    ) -> dict[str, Any]:
+        """Evaluate ``model`` (with ``plan`` applied in memory, if given); returns lm-eval's results dict.
+
+        ``log_samples`` keeps lm-eval's per-item records (prompts, log-likelihoods, generations) under ``samples``.
+        """
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+
+        from surgery.inmemory import planned
+
+        for name, kwargs in self._generation_kwargs.items():
+            self.tasks[name].set_config("generation_kwargs", copy.deepcopy(kwargs))
+        with planned(model, plan) if plan is not None else nullcontext(), _without_env_info():
+            with _quiet_logger("lm_eval.models.huggingface"):
+                lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+            results = simple_evaluate(
+                model=lm,
+                tasks=list(self.tasks.values()),
+                task_manager=self.task_manager,
+                limit=limit,
+                bootstrap_iters=bootstrap_iters,
+                log_samples=log_samples,
+                gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
+                **seeds_for(seed),
+            )
+        return results
+
+
+def _quiet_logger(name: str):
+    """Context manager silencing one logger's warnings (HFLM warns that a model object, not a name, was given)."""
+
+    @contextmanager
+    def quiet() -> Iterator[None]:
+        logger = logging.getLogger(name)
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+
+    return quiet()
+
+
+def evaluate(
+    model: str,
+    *,
+    plan: str | None = None,
+    tasks: str | list[str] | None = None,
+    data_dir: str | Path | None = None,
+    limit: int | float | None = None,
+    batch_size: int = 1,
+    max_gen_toks: int | None = None,
+    bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
+    seed: int | None = None,
+    dtype: str = "float32",
+    device: str | None = None,
+    revision: str | None = None,
+    baseline: str | Path | None = None,
+    log_samples: bool = False,
+) -> dict[str, Any]:
+    """``surgery eval`` as a function: load MODEL, apply ``plan`` in memory, run the tasks; returns the payload."""
+    import torch
+
+    from surgery import __version__
+    from surgery.evaluation.normalize import normalized_scores
+    from surgery.evaluation.report import build_payload
+    from surgery.inmemory import resolve_for_model
+    from surgery.io.loading import load_model_and_tokenizer
+    from surgery.plan import load_plan
+
+    baseline_payload = load_results(baseline) if baseline is not None else None
+    taskset = TaskSet(tasks, data_dir=data_dir)
+    loaded, tokenizer = load_model_and_tokenizer(model, dtype=dtype, revision=revision)
+    if not hasattr(loaded, "generate"):
+        raise SurgeryError(f"{model} is not a generative (causal LM) model; these benchmarks need one")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaded.to(device)
+    execution = resolve_for_model(loaded, plan) if plan is not None else None
+    results = taskset.run(
+        loaded,
+        tokenizer,
+        plan=execution,
+        limit=limit,
+        batch_size=batch_size,
+        max_gen_toks=max_gen_toks,
+        bootstrap_iters=bootstrap_iters,
+        seed=seed,
+        log_samples=log_samples,
+    )
+    import lm_eval
+    import transformers
+
+    data = taskset.data_sources()
+    config = {
+        "model": model,
+        "plan": plan,
+        "plan_canonical": load_plan(plan).canonical if plan is not None else None,
+        "source_layers": int(loaded.config.num_hidden_layers),
+        "executed_layers": len(execution.instances) if execution else int(loaded.config.num_hidden_layers),
+        "executed_sequence": execution.describe() if execution else None,
+        "tasks": list(taskset.tasks),
+        "limit": limit,
+        "batch_size": batch_size,
+        "max_gen_toks": max_gen_toks,
+        "bootstrap_iters": bootstrap_iters,
+        "seeds": seeds_for(seed),
+        "dtype": dtype,
+        "device": device,
+        "engine": "lm-evaluation-harness HFLM on the in-memory model (plan applied with surgery.inmemory.planned)",
+        "surgery_version": __version__,
+        "lm_eval_version": getattr(lm_eval, "__version__", None),
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "data": data,
+        "standin_tasks": [task for task, info in data.items() if info.get("standin")],
+    }
+    payload = build_payload(results, config, taskset.chance(limit))
+    if log_samples:
+        payload["samples"] = results.get("samples", {})
+    if baseline_payload is not None:
+        payload["normalized"] = {"baseline": str(baseline), **normalized_scores(payload, baseline_payload)}
+        payload["normalized"]["warnings"] += baseline_mismatches(config, baseline_payload.get("config", {}))
+    return payload
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """A results JSON written by ``surgery eval`` (or by lm-eval: anything with a ``results`` mapping)."""
+    import json
+
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SurgeryError(f"baseline results not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise SurgeryError(f"cannot read baseline results {path}: {_first_line(exc)}") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("results"), dict):
+        raise SurgeryError(f"{path} has no 'results' mapping; expected the JSON written by `surgery eval --output`")
+    return payload
+
+
+def baseline_mismatches(config: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
+    """Warnings when the baseline run is not comparable (a plan applied, other limit or data)."""
+    if not baseline:
+        return []
+    out = []
+    if baseline.get("plan") not in (None, "identity"):
+        out.append(f"the baseline has plan {baseline['plan']!r} applied; the normalized score assumes the full model")
+    if "limit" in baseline and baseline.get("limit") != config.get("limit"):
+        out.append(f"baseline limit {baseline.get('limit')} differs from this run's {config.get('limit')}")
+    for task, info in config.get("data", {}).items():
+        other = baseline.get("data", {}).get(task)
+        if other is not None and other.get("source") != info.get("source"):
+            out.append(
+                f"{task}: baseline data source {other.get('source')} differs from this run's {info.get('source')}"
+            )
+    return out
