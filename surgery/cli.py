@@ -198,8 +198,12 @@ def demo(plan_text, out_dir, prompt, max_new_tokens):
 def _register_subcommands() -> None:
     """Commands that live with their pipeline stage (analysis, evaluation, ...)."""
     from surgery.analysis.cli import similarity
+    from surgery.evaluation.cli import eval_command
+    from surgery.glue.cli import glue
 
     main.add_command(similarity)
+    main.add_command(eval_command)
+    main.add_command(glue)
 
 
 _register_subcommands()
