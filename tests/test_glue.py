@@ -220,6 +220,15 @@ def _save_tiny_tokenizer(directory: Path) -> None:
     BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
 
 
+@pytest.fixture
+def one_thread():
+    """Run single-threaded: on the 2 shared CI cores extra threads mostly spin (tiny model: 1.7 s instead of 70 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("tiny-bert-glue")
@@ -257,6 +266,7 @@ def _changed(model, before) -> set[str]:
     return {name for name, param in model.named_parameters() if not torch.equal(param, before[name])}
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_classifier_head_is_newly_initialized(tiny_bert_dir):
     model, tokenizer, new = load_classifier(str(tiny_bert_dir), TASKS["stsb"])
     assert new == ["classifier.bias", "classifier.weight"]
@@ -264,6 +274,7 @@ def test_classifier_head_is_newly_initialized(tiny_bert_dir):
     assert tokenizer("ab z").input_ids[0] == tokenizer.cls_token_id
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_frozen_mode_trains_only_the_head(tiny_bert_dir):
     loaded = load_classifier(str(tiny_bert_dir), TASKS["sst2"])
     before = _snapshot(loaded[0])
@@ -273,6 +284,7 @@ def test_frozen_mode_trains_only_the_head(tiny_bert_dir):
     assert all(not param.requires_grad for name, param in loaded[0].named_parameters() if name.startswith("bert."))
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_frozen_encoder_runs_without_dropout(tiny_bert_dir):
     from surgery.glue.train import set_train_mode
 
@@ -284,6 +296,7 @@ def test_frozen_encoder_runs_without_dropout(tiny_bert_dir):
     assert all(module.training for module in model.modules())
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_full_mode_trains_the_encoder(tiny_bert_dir):
     loaded = load_classifier(str(tiny_bert_dir), TASKS["sst2"])
     before = _snapshot(loaded[0])
@@ -293,6 +306,7 @@ def test_full_mode_trains_the_encoder(tiny_bert_dir):
     assert all(f"bert.encoder.layer.{i}.attention.self.query.weight" in changed for i in range(8))
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_plan_is_applied_during_training(tiny_bert_dir):
     loaded = load_classifier(str(tiny_bert_dir), TASKS["sst2"])
     model = loaded[0]
@@ -306,6 +320,7 @@ def test_plan_is_applied_during_training(tiny_bert_dir):
     assert len(model.bert.encoder.layer) == 8 and model.config.num_hidden_layers == 8  # restored afterwards
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_gradients_flow_through_every_member_of_a_parallel_block(tiny_bert_dir):
     model, tokenizer, _ = load_classifier(str(tiny_bert_dir), TASKS["sst2"])
     batch = tokenizer(["a b z", "c d"], padding=True, return_tensors="pt")
@@ -327,6 +342,7 @@ def test_gradients_flow_through_every_member_of_a_parallel_block(tiny_bert_dir):
     assert model.bert.encoder.layer[4].attention.self.query.weight.grad is not None
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_same_seed_same_result(tiny_bert_dir):
     data = _task_data()
     runs = [run_task("sst2", _config(tiny_bert_dir, seed=seed), data=data, progress=False) for seed in (3, 3, 4)]
@@ -335,6 +351,7 @@ def test_same_seed_same_result(tiny_bert_dir):
     assert runs[0].details["first_loss"] != runs[2].details["first_loss"]  # the seed initializes the head
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_the_loop_learns_an_easy_task(tiny_bert_dir):
     data = TaskData(TASKS["sst2"], _synthetic(128, 0), _synthetic(64, 1), "synthetic")
     config = _config(tiny_bert_dir, epochs=10, lr=1e-3, batch_size=16)
@@ -343,6 +360,7 @@ def test_the_loop_learns_an_easy_task(tiny_bert_dir):
     assert result.metrics["accuracy"] >= 0.9
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_train_stats(tiny_bert_dir):
     from surgery.glue.train import Encoded, freeze, trainable_names
 
@@ -353,6 +371,7 @@ def test_train_stats(tiny_bert_dir):
 
 
 @needs_data
+@pytest.mark.usefixtures("one_thread")
 def test_cli_on_local_data_writes_json_and_table(tiny_bert_dir, tmp_path):
     output = tmp_path / "out" / "glue.json"
     args = [
@@ -383,6 +402,7 @@ def test_cli_on_local_data_writes_json_and_table(tiny_bert_dir, tmp_path):
     assert "average (5 tasks, unnormalized)" in result.stdout and "MCC" in result.stdout
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_cli_errors_are_one_line(tiny_bert_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -427,6 +447,7 @@ def minilm_dir(tmp_path_factory) -> Path:
     ("mode", "plan", "executed"),
     [("full", None, "identity"), ("frozen", None, "identity"), ("full", "skip:2-3", "0-1 4-5")],
 )
+@pytest.mark.usefixtures("one_thread")
 def test_minilm_rte(mode, plan, executed, minilm_dir, tmp_path):
     output = tmp_path / "glue.json"
     args = ["glue", str(minilm_dir), "--tasks", "rte", "--mode", mode, "--epochs", "1", "--max-train", "64"]
