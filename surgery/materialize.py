@@ -153,20 +153,24 @@ def _default_architecture(model_type: str, generative: bool) -> str:
     return mapping[model_type]
 
 
-def _write_source_config(config, spec: ArchSpec, execution: ExecutionPlan, dtype: str | None, out: Path) -> None:
+def _write_source_config(
+    raw: dict, per_layer: dict[str, list], execution: ExecutionPlan, dtype: str | None, out: Path
+) -> None:
+    """Edit the source ``config.json`` as JSON (no transformers import): layer count, per-layer arrays, dtype."""
+    config = dict(raw)
     instances = execution.instances
-    config.num_hidden_layers = len(instances)
-    for key in spec.per_layer_config:
-        values = getattr(config, key, None)
-        if values is not None:
-            setattr(config, key, [values[i] for i in instances])
+    config["num_hidden_layers"] = len(instances)
+    for key, values in per_layer.items():
+        config[key] = [values[i] for i in instances]
     if dtype is not None:
-        config.dtype = dtype
-    config.save_pretrained(out)
+        config["dtype"] = dtype
+        if "torch_dtype" in config:
+            config["torch_dtype"] = dtype
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _write_surgery_config(
-    config,
+    source: SourceModel,
     spec: ArchSpec,
     execution: ExecutionPlan,
     tensor_map: TensorMap,
@@ -176,6 +180,7 @@ def _write_surgery_config(
 ) -> None:
     from surgery.modeling import SurgeryConfig
 
+    config = _transformers_config(source)
     fields = {
         k: v
         for k, v in config.to_dict().items()
@@ -215,16 +220,31 @@ def _write_surgery_config(
         shutil.copy2(path, out / path.name)
 
 
-def _load_source_config(source: SourceModel):
+def _transformers_config(source: SourceModel):
     from transformers import AutoConfig
 
-    raw = json.loads((source.path / "config.json").read_text())
-    spec = arch_for(raw.get("model_type"))
     try:
-        config = AutoConfig.from_pretrained(source.path)
+        return AutoConfig.from_pretrained(source.path)
     except (ValueError, OSError) as exc:
         raise SurgeryError(f"cannot read config of {source.given}: {str(exc).splitlines()[0]}") from None
-    return spec, config
+
+
+def _load_source_config(source: SourceModel) -> tuple[ArchSpec, dict, dict[str, list]]:
+    """The source's architecture, raw ``config.json`` and per-layer config arrays.
+
+    Per-layer arrays missing from the file (e.g. Qwen2's ``layer_types``, derived from ``max_window_layers``)
+    are derived through transformers; otherwise transformers is not imported at all.
+    """
+    raw = json.loads((source.path / "config.json").read_text())
+    spec = arch_for(raw.get("model_type"))
+    if not isinstance(raw.get("num_hidden_layers"), int):
+        raise SurgeryError(f"config of {source.given} has no integer num_hidden_layers")
+    per_layer = {key: raw[key] for key in spec.per_layer_config if raw.get(key) is not None}
+    missing = [key for key in spec.per_layer_config if key not in per_layer]
+    if missing:
+        config = _transformers_config(source)
+        per_layer.update({key: getattr(config, key) for key in missing if getattr(config, key, None) is not None})
+    return spec, raw, per_layer
 
 
 def _provenance(
@@ -235,14 +255,14 @@ def _provenance(
     tensor_map: TensorMap,
     options: ApplyOptions,
     custom: bool,
-    config,
+    raw_config: dict,
     spec: ArchSpec,
 ) -> dict:
     """The machine-readable record written as ``surgery.json``."""
     if custom:
         architecture = "SurgeryForCausalLM" if spec.generative else "SurgeryModel"
     else:
-        architecture = (config.architectures or [None])[0]
+        architecture = (raw_config.get("architectures") or [None])[0]
     return {
         "surgery_version": __version__,
         "plan": {
@@ -296,8 +316,8 @@ def apply_plan(
     with resolve_source(model, revision=options.revision, allow_pickle=options.allow_pickle) as source:
         if out_dir.resolve() == source.path.resolve():
             raise SurgeryError(f"output directory {out_dir} is the source model; choose another OUT_DIR")
-        spec, config = _load_source_config(source)
-        execution = resolve_plan(plan, config.num_hidden_layers)
+        spec, raw_config, per_layer = _load_source_config(source)
+        execution = resolve_plan(plan, raw_config["num_hidden_layers"])
         custom = options.surgery_class or execution.needs_custom_class(options.tie_repeats)
         tensor_map = build_tensor_map(
             index_checkpoint(source.weight_files),
@@ -322,11 +342,11 @@ def apply_plan(
 
             write_checkpoint_weights(tmp, tensor_map.tensors, options.shard_size, step)
             if custom:
-                _write_surgery_config(config, spec, execution, tensor_map, plan, options.dtype, tmp)
+                _write_surgery_config(source, spec, execution, tensor_map, plan, options.dtype, tmp)
             else:
-                _write_source_config(config, spec, execution, options.dtype, tmp)
+                _write_source_config(raw_config, per_layer, execution, options.dtype, tmp)
             copy_side_files(source.path, tmp)
-            record = _provenance(model, source, plan, execution, tensor_map, options, custom, config, spec)
+            record = _provenance(model, source, plan, execution, tensor_map, options, custom, raw_config, spec)
             write_provenance(tmp, record)
             write_model_card(tmp, record, execution, custom_class=custom, generative=spec.generative)
             files = sorted(p.name for p in tmp.iterdir())

@@ -15,25 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import torch
-
 from surgery.errors import SurgeryError
 
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-}
-DTYPE_NAMES = {value: key for key, value in DTYPES.items()}
+# Bytes per element of each safetensors dtype; torch is imported only to convert dtypes.
+ITEMSIZE: dict[str, int] = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+    "F8_E4M3": 1, "F8_E5M2": 1,
+}  # fmt: skip
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 _COPY_CHUNK = 64 << 20
 
@@ -93,7 +81,7 @@ class OutputTensor:
     def nbytes(self) -> int:
         if self.dtype == self.source.dtype:
             return self.source.nbytes
-        return self.source.nbytes // DTYPES[self.source.dtype].itemsize * DTYPES[self.dtype].itemsize
+        return self.source.nbytes // ITEMSIZE[self.source.dtype] * ITEMSIZE[self.dtype]
 
 
 def parse_size(text: str | int) -> int:
@@ -164,21 +152,36 @@ def _copy_bytes(source: TensorRecord, out: BinaryIO) -> None:
             remaining -= len(chunk)
 
 
-def read_tensor(source: TensorRecord) -> torch.Tensor:
-    """Load one tensor from its record (used for dtype conversion and by tests)."""
+def torch_dtype(name: str):
+    """The torch dtype of a safetensors dtype name."""
+    import torch
+
+    return {
+        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+        "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    }[name]  # fmt: skip
+
+
+def read_tensor(source: TensorRecord):
+    """Load one tensor (a ``torch.Tensor``) from its record; used for dtype conversion and by tests."""
+    import torch
+
     with open(source.file, "rb") as src:
         src.seek(source.offset)
         data = bytearray(src.read(source.nbytes))
     if not data:
-        return torch.empty(source.shape, dtype=DTYPES[source.dtype])
-    return torch.frombuffer(data, dtype=DTYPES[source.dtype]).reshape(source.shape)
+        return torch.empty(source.shape, dtype=torch_dtype(source.dtype))
+    return torch.frombuffer(data, dtype=torch_dtype(source.dtype)).reshape(source.shape)
 
 
 def _write_tensor(tensor: OutputTensor, out: BinaryIO) -> None:
     if tensor.dtype == tensor.source.dtype:
         _copy_bytes(tensor.source, out)
         return
-    converted = read_tensor(tensor.source).to(DTYPES[tensor.dtype]).contiguous()
+    import torch
+
+    converted = read_tensor(tensor.source).to(torch_dtype(tensor.dtype)).contiguous()
     out.write(converted.view(torch.uint8).numpy().tobytes() if converted.numel() else b"")
 
 
