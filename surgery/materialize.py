@@ -340,7 +340,10 @@ def apply_plan(
                 if progress:
                     progress(done, total)
 
-            write_checkpoint_weights(tmp, tensor_map.tensors, options.shard_size, step)
+            # Real sharded checkpoints keep their shard boundaries (page-aligned copies); GGUF temp shards don't.
+            write_checkpoint_weights(
+                tmp, tensor_map.tensors, options.shard_size, step, split_at_source_files=source.kind != "gguf"
+            )
             if custom:
                 _write_surgery_config(source, spec, execution, tensor_map, plan, options.dtype, tmp)
             else:

@@ -118,3 +118,28 @@ def test_parse_size():
     assert safetensors_stream.parse_size("1234") == 1234
     with pytest.raises(SurgeryError, match="malformed size"):
         safetensors_stream.parse_size("lots")
+
+
+def test_shards_follow_source_files_and_data_is_page_aligned(tiny_checkpoints, tmp_path):
+    apply_plan(str(tiny_checkpoints["llama"]), "skip:1", tmp_path / "sharded", ApplyOptions(shard_size=60_000))
+    apply_plan(str(tmp_path / "sharded"), "skip:2", tmp_path / "out")
+    sources = safetensors_stream.index_checkpoint(sorted((tmp_path / "sharded").glob("*.safetensors")))
+    outputs = safetensors_stream.index_checkpoint(sorted((tmp_path / "out").glob("*.safetensors")))
+    assert len({record.file for record in sources.values()}) > 1
+
+    def source_name(name: str) -> str:  # skip:2 on 7 layers: output layer j runs source layer j (j < 2) or j + 1
+        parts = name.split(".")
+        if parts[1] == "layers" and int(parts[2]) >= 2:
+            parts[2] = str(int(parts[2]) + 1)
+        return ".".join(parts)
+
+    by_shard: dict = {}
+    for name, record in outputs.items():
+        by_shard.setdefault(record.file, []).append((record, sources[source_name(name)]))
+    assert len(by_shard) > 1
+    for pairs in by_shard.values():
+        assert len({src.file for _, src in pairs}) == 1  # one source file per output shard
+        assert all(out.offset % 4096 == src.offset % 4096 for out, src in pairs)  # page-aligned copies
+    written = _all_tensors(tmp_path / "out")
+    expected = build_tiny("llama").model.layers[4].mlp.up_proj.weight  # output layer 2 <- sharded 3 <- source 4
+    assert torch.equal(written["model.layers.2.mlp.up_proj.weight"], expected)
