@@ -46,12 +46,8 @@ def llama_tensors(c: dict) -> list[tuple[str, tuple[int, ...]]]:
     layer |= {"input_layernorm": (h,), "post_attention_layernorm": (h,)}
     n = c["num_hidden_layers"]
     layers = [(f"model.layers.{i}.{key}.weight", shape) for i in range(n) for key, shape in layer.items()]
-    return [
-        ("model.embed_tokens.weight", (vocab, h)),
-        *layers,
-        ("model.norm.weight", (h,)),
-        ("lm_head.weight", (vocab, h)),
-    ]
+    tail = [("model.norm.weight", (h,)), ("lm_head.weight", (vocab, h))]
+    return [("model.embed_tokens.weight", (vocab, h)), *layers, *tail]
 
 
 def make_checkpoint(src: Path) -> None:
