@@ -2,7 +2,7 @@
 
 Benchmarks ``surgery apply``'s streaming materialization on a random TinyLlama-1.1B-shaped bf16 checkpoint
 (generated once into the work dir, one shard in memory at a time): wall time and peak RSS of the CLI subprocess
-against ``cp`` of the same data and the Python+torch+transformers import floor. Commands run round-robin (round 0
+against ``cp`` of the same data and the import floor (what the CLI imports before copying). Commands run round-robin (round 0
 is a warm-up: the page cache cannot be dropped), so drift hits all alike. Writes benchmarks/results/apply_memory.md
 (and, with ``--plot``, a PNG when matplotlib is installed).
 """
@@ -167,7 +167,7 @@ def main() -> None:
     cli = shutil.which("surgery", path=str(Path(sys.executable).parent))
     apply_cmd = [cli] if cli else [sys.executable, "-m", "surgery.cli"]
     apply_cmd += ["apply", "--quiet", "--plan", args.plan, str(src), str(out)]
-    floor_code = "import surgery.materialize, transformers"
+    floor_code = "import surgery.cli, surgery.materialize"  # what `surgery apply` imports before copying
     inproc = "import time; from surgery.materialize import apply_plan as a; t = time.perf_counter(); "
     inproc += f"a({str(src)!r}, {args.plan!r}, {str(out2)!r}); print(time.perf_counter() - t)"
     py = [sys.executable, "-c"]

@@ -24,6 +24,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -52,10 +53,24 @@ def model_dir(work: Path) -> Path:
     return out
 
 
-def timed(cmd: list[str]) -> float:
-    start = time.perf_counter()
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """(wall, CPU user+sys) seconds of a subprocess (its own children, e.g. bootstrap workers, included)."""
+    cpu, start = _children_cpu(), time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _children_cpu() - cpu
+
+
+def timed_call(fn) -> tuple[float, float, dict]:
+    """(wall, CPU user+sys of this process and finished children, result) of an in-process call."""
+    cpu, children, start = time.process_time(), _children_cpu(), time.perf_counter()
+    out = fn()
+    wall = time.perf_counter() - start
+    return wall, time.process_time() - cpu + _children_cpu() - children, out
 
 
 def lm_eval_results(out_dir: Path) -> dict:
@@ -131,33 +146,37 @@ def main() -> None:
             log_samples=True,
         )
 
-    timings: dict[str, list[float]] = {k: [] for k in ("surgery eval", "lm_eval hf", "ours scoring", "lm-eval scoring")}
+    names = ("surgery eval", "lm_eval hf", "ours scoring", "lm-eval scoring")
+    timings: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
     results: dict[str, dict] = {}
     samples = None
+    load = [os.getloadavg()[0]]
     for round_ in range(args.repeats):
         order = [0, 1] if round_ % 2 == 0 else [1, 0]
         for which in order:
             if which == 0:
-                timings["surgery eval"].append(timed(surgery_cmd))
+                wall, used = timed(surgery_cmd)
+                timings["surgery eval"].append(wall), cpu["surgery eval"].append(used)
                 results["surgery eval"] = json.loads((tmp / "surgery.json").read_text())["results"]
-                start = time.perf_counter()
-                out = ours_scoring()
-                timings["ours scoring"].append(time.perf_counter() - start)
+                wall, used, out = timed_call(ours_scoring)
+                timings["ours scoring"].append(wall), cpu["ours scoring"].append(used)
                 results["ours scoring"], samples = out["results"], out["samples"]
             else:
-                timings["lm_eval hf"].append(timed(lm_eval_cmd))
+                wall, used = timed(lm_eval_cmd)
+                timings["lm_eval hf"].append(wall), cpu["lm_eval hf"].append(used)
                 results["lm_eval hf"] = lm_eval_results(tmp / "lm-eval")
-                start = time.perf_counter()
-                out = lm_eval_scoring()
-                timings["lm-eval scoring"].append(time.perf_counter() - start)
+                wall, used, out = timed_call(lm_eval_scoring)
+                timings["lm-eval scoring"].append(wall), cpu["lm-eval scoring"].append(used)
                 results["lm-eval scoring"] = out["results"]
+            load.append(os.getloadavg()[0])
     reference = json.loads(json.dumps(results["lm-eval scoring"]))
     same = {name: json.loads(json.dumps(r)) == reference for name, r in results.items()}
     examples, tokens = count_tokens(samples, tokenizer)
-    write_report(args, timings, same, examples, tokens, surgery_cmd, lm_eval_cmd, results["ours scoring"])
+    write_report(args, timings, cpu, load, same, examples, tokens, surgery_cmd, lm_eval_cmd, results["ours scoring"])
 
 
-def write_report(args, timings, same, examples, tokens, surgery_cmd, lm_eval_cmd, results) -> None:
+def write_report(args, timings, cpu, load, same, examples, tokens, surgery_cmd, lm_eval_cmd, results) -> None:
     import torch
     import transformers
 
@@ -170,7 +189,10 @@ def write_report(args, timings, same, examples, tokens, surgery_cmd, lm_eval_cmd
         f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
         f"- machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}, "
         f"torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"lm-eval {__import__('lm_eval').__version__}; shared with other jobs (load varies)",
+        f"lm-eval {__import__('lm_eval').__version__}",
+        f"- the machine is shared with other jobs: 1-min load average during the runs "
+        f"{min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores, so wall times are noisy; CPU time "
+        "(user+sys, including child processes) is the steadier measure",
         "- model: SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to a float32 HF directory), CPU",
         f"- tasks: {args.tasks}, --limit {args.limit} each (local data), batch size {args.batch_size}, "
         f"{args.repeats} round(s), the two tools alternating",
@@ -188,22 +210,28 @@ def write_report(args, timings, same, examples, tokens, surgery_cmd, lm_eval_cmd
         "(`surgery eval` is run through `python -c` that registers the command on the `surgery` group, i.e. "
         "`surgery eval MODEL --tasks ... --limit ... --data-dir ... --batch-size ...`.)",
         "",
-        "| measurement | wall median (s) | wall per run (s) | examples/s | tokens/s | same results as lm-eval |",
-        "|---|---|---|---|---|---|",
+        "| measurement | wall median (s) | wall per run (s) | CPU median (s) | examples/s (wall) | tokens/s (wall) "
+        "| examples/CPU-s | same results as lm-eval |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, values in timings.items():
-        median = statistics.median(values)
+        median, cpu_median = statistics.median(values), statistics.median(cpu[name])
         per_run = ", ".join(f"{v:.1f}" for v in values)
         lines.append(
-            f"| {name} | {median:.1f} | {per_run} | {examples / median:.2f} | {tokens / median:.0f} | "
-            f"{'yes' if same[name] else 'NO'} |"
+            f"| {name} | {median:.1f} | {per_run} | {cpu_median:.1f} | {examples / median:.2f} | "
+            f"{tokens / median:.0f} | {examples / cpu_median:.2f} | {'yes' if same[name] else 'NO'} |"
         )
-    ours, theirs = statistics.median(timings["ours scoring"]), statistics.median(timings["lm-eval scoring"])
-    e2e_ours, e2e_theirs = statistics.median(timings["surgery eval"]), statistics.median(timings["lm_eval hf"])
+
+    def ratio(table, a, b):
+        return statistics.median(table[a]) / statistics.median(table[b])
+
     lines += [
         "",
-        f"- scoring only: surgery / lm-eval time = {ours / theirs:.2f}x (same engine: lm-eval's HFLM)",
-        f"- end to end: surgery eval / lm_eval = {e2e_ours / e2e_theirs:.2f}x",
+        "- scoring only (same engine, lm-eval's HFLM): surgery / lm-eval = "
+        f"{ratio(timings, 'ours scoring', 'lm-eval scoring'):.2f}x wall, "
+        f"{ratio(cpu, 'ours scoring', 'lm-eval scoring'):.2f}x CPU",
+        f"- end to end: surgery eval / lm_eval = {ratio(timings, 'surgery eval', 'lm_eval hf'):.2f}x wall, "
+        f"{ratio(cpu, 'surgery eval', 'lm_eval hf'):.2f}x CPU",
         "",
         "Scores (identical for every run above):",
         "",
