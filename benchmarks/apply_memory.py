@@ -2,9 +2,9 @@
 
 Benchmarks ``surgery apply``'s streaming materialization on a random TinyLlama-1.1B-shaped bf16 checkpoint
 (generated once into the work dir, one shard in memory at a time): wall time and peak RSS of the CLI subprocess
-against ``cp`` of the same data and the import floor (what the CLI imports before copying). Commands run round-robin (round 0
-is a warm-up: the page cache cannot be dropped), so drift hits all alike. Writes benchmarks/results/apply_memory.md
-(and, with ``--plot``, a PNG when matplotlib is installed).
+against ``cp`` of the same data and the import floor (what the CLI imports before copying). Commands run
+round-robin (round 0 is a warm-up: the page cache cannot be dropped), so drift hits all alike.
+Writes benchmarks/results/apply_memory.md (and, with ``--plot``, a PNG when matplotlib is installed).
 """
 
 from __future__ import annotations
