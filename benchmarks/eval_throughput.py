@@ -35,8 +35,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 BIN = Path(sys.executable).parent
-SURGERY_CLI = "from surgery.cli import main; from surgery.evaluation.cli import eval_command; "
-SURGERY_CLI += "main.add_command(eval_command); main()"
 
 
 def model_dir(work: Path) -> Path:
@@ -112,7 +110,7 @@ def main() -> None:
     include = write_task_yamls(resolve_local(parse_tasks(args.tasks), args.data_dir), tmp / "tasks")
     task_names = ",".join(p.stem for p in sorted(include.glob("*.yaml")))
     common = ["--limit", str(args.limit)]
-    surgery_cmd = [sys.executable, "-c", SURGERY_CLI, "eval", str(model), "--tasks", args.tasks, *common]
+    surgery_cmd = [str(BIN / "surgery"), "eval", str(model), "--tasks", args.tasks, *common]
     surgery_cmd += ["--data-dir", str(args.data_dir), "--batch-size", str(args.batch_size), "--device", "cpu"]
     surgery_cmd += ["--output", str(tmp / "surgery.json")]
     lm_eval_cmd = [str(BIN / "lm_eval"), "--model", "hf", "--model_args", f"pretrained={model},dtype=float32"]
@@ -207,9 +205,8 @@ def write_report(args, timings, cpu, load, same, examples, tokens, surgery_cmd, 
         shell(lm_eval_cmd),
         "```",
         "",
-        "(`surgery eval` is run through `python -c` that registers the command on the `surgery` group, i.e. "
-        "`surgery eval MODEL --tasks ... --limit ... --data-dir ... --batch-size ...`. lm-eval's `--include_path` "
-        "holds the task YAMLs `surgery eval --data-dir` generates: lm-eval's stock tasks on the same local files.)",
+        "(lm-eval's `--include_path` holds the task YAMLs `surgery eval --data-dir` generates: lm-eval's stock "
+        "tasks on the same local files.)",
         "",
         "Throughput from the fastest run (the least disturbed by other jobs):",
         "",

@@ -35,8 +35,6 @@ from surgery.evaluation.tasks import (
 LM_EVAL_SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234, "fewshot_random_seed": 1234}
 DEFAULT_BOOTSTRAP_ITERS = 100000
 
-log = logging.getLogger(__name__)
-
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
