@@ -42,6 +42,16 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for spec in ARCHITECTURES for t in spec.model_types)
 
 
+def check_parallel_attention_types(steps, layer_types: list[str] | None) -> None:
+    """Refuse a parallel group whose members have different attention types (they need different masks)."""
+    if layer_types is None:
+        return
+    for step in steps:
+        types = sorted({layer_types[i] for i in step.layers})
+        if len(types) > 1:
+            raise SurgeryError(f"parallel group {step} mixes attention types {types}")
+
+
 def arch_for(model_type: str | None) -> ArchSpec:
     """The :class:`ArchSpec` for a config's ``model_type``; a clear error naming the supported ones otherwise."""
     for spec in ARCHITECTURES:

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from surgery.architectures import arch_for
+from surgery.architectures import arch_for, check_parallel_attention_types
 from surgery.errors import SurgeryError
 from surgery.modeling.modeling_surgery import ExecutionList, forward_recording_steps
 from surgery.plan import ExecutionPlan, LayerPlan, load_plan, resolve_plan
@@ -54,9 +54,7 @@ def planned(model: nn.Module, plan: str | LayerPlan | ExecutionPlan) -> Iterator
     config = model.config
     saved = {"num_hidden_layers": config.num_hidden_layers, "layer_types": getattr(config, "layer_types", None)}
     layer_types = saved["layer_types"]
-    for step in execution.steps:
-        if layer_types is not None and len({layer_types[i] for i in step.layers}) > 1:
-            raise SurgeryError(f"parallel group {step} mixes attention types")
+    check_parallel_attention_types(execution.steps, layer_types)
     setattr(parent, attribute, ExecutionList(layers, [list(step.layers) for step in execution.steps]))
     # One cache slot per executed instance; loops that slice by num_hidden_layers still see every step.
     config.num_hidden_layers = len(execution.instances)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from surgery import __version__
-from surgery.architectures import ArchSpec, arch_for
+from surgery.architectures import ArchSpec, arch_for, check_parallel_attention_types
 from surgery.card import write_model_card, write_provenance
 from surgery.errors import SurgeryError
 from surgery.io.safetensors_stream import (
@@ -172,6 +172,7 @@ def _write_source_config(
 def _write_surgery_config(
     source: SourceModel,
     spec: ArchSpec,
+    per_layer: dict[str, list],
     execution: ExecutionPlan,
     tensor_map: TensorMap,
     plan: LayerPlan,
@@ -187,16 +188,10 @@ def _write_surgery_config(
         if k not in ("model_type", "architectures", "auto_map", "transformers_version")
     }
     architectures = config.architectures or [_default_architecture(config.model_type, spec.generative)]
-    per_layer = {key: getattr(config, key, None) for key in spec.per_layer_config}
     layer_types = per_layer.get("layer_types")
     for key, values in per_layer.items():
-        if values is not None:
-            fields[key] = [values[i] for i in execution.instances]
-    for step in execution.steps:
-        if layer_types is not None and len({layer_types[i] for i in step.layers}) > 1:
-            raise SurgeryError(
-                f"parallel group {step} mixes attention types {sorted({layer_types[i] for i in step.layers})}"
-            )
+        fields[key] = [values[i] for i in execution.instances]
+    check_parallel_attention_types(execution.steps, layer_types)
     if dtype is not None:
         fields["dtype"] = dtype
     wrapper = "SurgeryForCausalLM" if spec.generative else "SurgeryModel"
@@ -345,7 +340,7 @@ def apply_plan(
                 tmp, tensor_map.tensors, options.shard_size, step, split_at_source_files=source.kind != "gguf"
             )
             if custom:
-                _write_surgery_config(source, spec, execution, tensor_map, plan, options.dtype, tmp)
+                _write_surgery_config(source, spec, per_layer, execution, tensor_map, plan, options.dtype, tmp)
             else:
                 _write_source_config(raw_config, per_layer, execution, options.dtype, tmp)
             copy_side_files(source.path, tmp)
