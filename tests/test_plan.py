@@ -6,7 +6,7 @@ import pytest
 from reference import EXPECTED_SEQUENCES, T
 
 from surgery.errors import SurgeryError
-from surgery.plan import load_plan, parse_plan_text, resolve_plan
+from surgery.plan import load_plan, parse_plan_mapping, parse_plan_text, resolve_plan
 
 
 def _as_sequence(plan_text: str, layers: int = T) -> list:
@@ -40,7 +40,8 @@ def test_whitespace_and_op_order_do_not_matter():
 def test_canonical_form_round_trips():
     plan = parse_plan_text("parallel:8-23x3, skip:2, shuffle:4-6@0, repeat:24-25")
     assert plan.canonical == "skip:2,shuffle:4-6@0,parallel:8-23x3,repeat:24-25"
-    assert parse_plan_text(plan.canonical) == parse_plan_text(plan.canonical)
+    reparsed = parse_plan_text(plan.canonical)
+    assert reparsed.ops == plan.ops and reparsed.canonical == plan.canonical
     assert resolve_plan(parse_plan_text(plan.canonical), 30) == resolve_plan(plan, 30)
 
 
@@ -49,6 +50,15 @@ def test_describe_collapses_runs():
     assert execution.describe() == "0-12 20-21 [22 23 24]x2 25-29"
     assert execution.skipped == tuple(range(13, 20))
     assert execution.needs_custom_class()
+
+
+def test_describe_shows_repeated_layers():
+    """A layer run twice in a row is ``13x2``, never hidden between two runs (``12-13 13-29``)."""
+    data = {"sequence": ["0-9", {"parallel": [10, 11], "loops": 2}, 12, 13, 13, "14-29"]}
+    execution = resolve_plan(parse_plan_mapping(data, ""), 30)
+    assert execution.describe() == "0-9 [10 11]x2 12 13x2 14-29"
+    assert resolve_plan(parse_plan_text("repeat:2-5@4"), T).describe() == "0-1 4x4 6-7"
+    assert resolve_plan(parse_plan_text("loop:2-3x2"), T).describe() == "0-3 2-7"
 
 
 def test_custom_class_only_when_needed():
@@ -128,10 +138,11 @@ def test_yaml_explicit_sequence(tmp_path):
         ("sequence: [0, []]\n", "empty parallel block"),
         ("sequence: [0, {parallel: [1, 2], loops: 0}]\n", "K must be an integer >= 1"),
         ("sequence: [0, [1, 1]]\n", "names a layer twice"),
-        ("ops: [{op: skip}]\n", "needs 'op' and 'layers'"),
+        ("ops: [{op: skip}]\n", "ops\\[0\\]: missing required key 'layers'; an op mapping needs 'op' and 'layers'"),
         ("ops: [{op: skip, layers: 1-2, colour: red}]\n", "unknown key"),
         ("plan: skip:1\nops: []\n", "exactly one of"),
         ("ops: [skip:1, skip:1-2]\n", "overlapping"),
+        ("ops: [{op: skip, layers: 1, seed: 1, layer: 2}]\n", "gives both 'seed' \\(shuffle\\) and 'layer'"),
         ("sequence: [0, 1\n", "malformed plan YAML"),
     ],
 )

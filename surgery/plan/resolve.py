@@ -11,7 +11,8 @@ import random
 from dataclasses import dataclass
 
 from surgery.errors import SurgeryError
-from surgery.plan.spec import LayerPlan, Op
+from surgery.plan.limits import MAX_EXECUTED_STEPS
+from surgery.plan.spec import LayerPlan, Op, check_overlaps, clip
 
 
 @dataclass(frozen=True)
@@ -63,16 +64,26 @@ class ExecutionPlan:
         return self.has_parallel or (tie_repeats and self.has_repeats)
 
     def describe(self) -> str:
-        """Compact one-line form, runs of consecutive layers collapsed: ``0-12 [13 14 15]x3 16-29``."""
+        """Compact one-line form: ``0-9 [10 11]x2 12 13x2 14-29``.
+
+        ``A-B`` is a run of strictly consecutive ascending layers, ``[..]`` a parallel group, and ``xN`` a step
+        run N times in a row; a run stops before a layer that repeats, so a repeated layer is never hidden in
+        the end of one run and the start of the next (``12-13 13-29``).
+        """
         parts: list[str] = []
         index = 0
         steps = self.steps
+
+        def repeats(at: int) -> int:
+            count = 1
+            while at + count < len(steps) and steps[at + count] == steps[at]:
+                count += 1
+            return count
+
         while index < len(steps):
             step = steps[index]
-            if step.parallel:
-                count = 1
-                while index + count < len(steps) and steps[index + count] == step:
-                    count += 1
+            count = repeats(index)
+            if step.parallel or count > 1:
                 parts.append(str(step) + (f"x{count}" if count > 1 else ""))
                 index += count
                 continue
@@ -81,6 +92,7 @@ class ExecutionPlan:
                 run_end + 1 < len(steps)
                 and not steps[run_end + 1].parallel
                 and steps[run_end + 1].layers[0] == steps[run_end].layers[0] + 1
+                and repeats(run_end + 1) == 1
             ):
                 run_end += 1
             first, last = step.layers[0], steps[run_end].layers[0]
@@ -92,14 +104,34 @@ class ExecutionPlan:
 def _check_in_range(index: int, total: int, where: str) -> None:
     if not 0 <= index < total:
         raise SurgeryError(
-            f"layer index {index} out of range in {where}: this model has {total} layers (0-{total - 1})"
+            f"layer index {clip(str(index), 24)} out of range in {clip(where)}: "
+            f"this model has {total} layers (0-{total - 1})"
         )
 
 
+def _op_instances(op: Op) -> int:
+    """Executed layer instances of ``op``, computed without expanding it."""
+    width = op.end - op.start + 1
+    if op.kind == "skip":
+        return 0
+    if op.kind in ("loop", "parallel"):
+        return width * op.loops
+    return width  # reverse, shuffle, repeat
+
+
+def _check_executed(executed: int, plan: LayerPlan, total: int) -> None:
+    if executed > MAX_EXECUTED_STEPS:
+        raise SurgeryError(
+            f"plan {clip(plan.canonical)!r} executes {clip(str(executed), 24)} layer instances on this {total}-layer "
+            f"model, over the limit MAX_EXECUTED_STEPS={MAX_EXECUTED_STEPS} (each instance is a KV-cache slot "
+            "and a forward step)"
+        )
+    if executed == 0:
+        raise SurgeryError(f"plan {clip(plan.canonical)!r} executes no layers")
+
+
 def _op_steps(op: Op, total: int) -> list[Step]:
-    where = str(op)
-    _check_in_range(op.end, total, where)
-    block = list(range(op.start, op.end + 1))
+    block = range(op.start, op.end + 1)
     if op.kind == "skip":
         return []
     if op.kind == "reverse":
@@ -110,7 +142,6 @@ def _op_steps(op: Op, total: int) -> list[Step]:
         return [Step((i,)) for i in order]
     if op.kind == "repeat":
         layer = total // 2 if op.layer is None else op.layer
-        _check_in_range(layer, total, where)
         return [Step((layer,)) for _ in block]
     if op.kind == "loop":
         return [Step((i,)) for _ in range(op.loops) for i in block]
@@ -121,28 +152,38 @@ def _op_steps(op: Op, total: int) -> list[Step]:
 
 
 def resolve_plan(plan: LayerPlan, num_layers: int) -> ExecutionPlan:
-    """Resolve ``plan`` for a model with ``num_layers`` blocks; raises :class:`SurgeryError` if it can't run."""
+    """Resolve ``plan`` for a model with ``num_layers`` blocks; raises :class:`SurgeryError` if it can't run.
+
+    Every index is checked against the model and the executed length is computed arithmetically before any
+    step is built, so an unbounded plan fails at once (see :data:`~surgery.plan.limits.MAX_EXECUTED_STEPS`).
+    """
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int):
+        raise SurgeryError(f"the model's layer count must be an integer, got {num_layers!r}")
     if num_layers < 1:
         raise SurgeryError(f"model has no layers to operate on (num_layers={num_layers})")
     steps: list[Step] = []
     if plan.sequence is not None:
+        executed = 0
         for position, entry in enumerate(plan.sequence):
             for layer in entry.layers:
                 _check_in_range(layer, num_layers, f"sequence[{position}]")
+            executed += len(entry.layers) * entry.loops
+        _check_executed(executed, plan, num_layers)
+        for entry in plan.sequence:
             steps.extend([Step(entry.layers)] * entry.loops)
     else:
-        by_start = {op.start: op for op in plan.ops}
-        layer = 0
-        while layer < num_layers:
-            op = by_start.get(layer)
-            if op is None:
-                steps.append(Step((layer,)))
-                layer += 1
-            else:
-                steps.extend(_op_steps(op, num_layers))
-                layer = op.end + 1
-        for op in plan.ops:
+        ops = check_overlaps(plan.ops)
+        for op in ops:
             _check_in_range(op.start, num_layers, str(op))
-    if not steps:
-        raise SurgeryError(f"plan {plan.canonical!r} executes no layers")
+            _check_in_range(op.end, num_layers, str(op))
+            if op.kind == "repeat":
+                _check_in_range(num_layers // 2 if op.layer is None else op.layer, num_layers, str(op))
+        owned = sum(op.end - op.start + 1 for op in ops)
+        _check_executed(num_layers - owned + sum(_op_instances(op) for op in ops), plan, num_layers)
+        layer = 0
+        for op in ops:
+            steps.extend(Step((i,)) for i in range(layer, op.start))
+            steps.extend(_op_steps(op, num_layers))
+            layer = op.end + 1
+        steps.extend(Step((i,)) for i in range(layer, num_layers))
     return ExecutionPlan(num_source_layers=num_layers, steps=tuple(steps))

@@ -13,6 +13,9 @@ A plan is a comma-separated list of ops over 0-based, inclusive ranges of the so
 A single index ``A`` means ``A-A``. ``identity`` (or an empty plan) runs every layer once.
 A plan may also be a YAML file (see :func:`load_plan`). Checks that need the model's layer count
 (indices in range, default repeat layer) happen in :mod:`surgery.plan.resolve`.
+
+Plans are untrusted input: numbers are ASCII digits only, and the bounds of :mod:`surgery.plan.limits`
+(loop count, executed layer instances, index size, file size) are checked before anything is expanded.
 """
 
 from __future__ import annotations
@@ -22,14 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from surgery.errors import SurgeryError
+from surgery.plan import schema
+from surgery.plan.limits import MAX_EXECUTED_STEPS, MAX_LAYER_INDEX, MAX_LOOPS, MAX_PLAN_BYTES, MAX_SEED
+from surgery.plan.yaml_loader import parse_yaml_text, read_plan_file
 
 OP_KINDS = ("skip", "reverse", "shuffle", "repeat", "loop", "parallel")
 
-_OP_RE = re.compile(r"^(?P<kind>[a-z_]+):(?P<start>\d+)(?:-(?P<end>\d+))?(?:@(?P<at>-?\d+))?(?:x(?P<times>-?\d+))?$")
-_RANGE_RE = re.compile(r"^(?P<start>\d+)(?:-(?P<end>\d+))?$")
+# ASCII digits only ([0-9], re.ASCII): Python's \d and int() also accept e.g. Arabic-Indic digits.
+_OP_RE = re.compile(
+    r"(?P<kind>[a-z_]+):(?P<start>[0-9]+)(?:-(?P<end>[0-9]+))?(?:@(?P<at>-?[0-9]+))?(?:x(?P<times>-?[0-9]+))?", re.ASCII
+)
+_RANGE_RE = re.compile(r"(?P<start>[0-9]+)(?:-(?P<end>[0-9]+))?", re.ASCII)
+_MAX_DIGITS = len(str(MAX_SEED))  # a longer number exceeds every bound: refuse it without converting it
 
 
 @dataclass(frozen=True)
@@ -86,50 +94,109 @@ class LayerPlan:
         return ",".join(str(op) for op in self.ops) or "identity"
 
 
+def clip(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters, so a hostile plan cannot blow up an error line."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_ascii_digits(text: str, where: str) -> None:
+    for char in text:
+        if not char.isascii() and (char.isdigit() or char.isnumeric()):
+            raise SurgeryError(f"non-ASCII digit {char!r} in {clip(where)!r}: write layer numbers with 0-9 only")
+
+
+def _to_int(digits: str, where: str) -> int:
+    """``int(digits)`` for a regex-matched ``-?[0-9]+``, refusing numbers too long to fit any bound."""
+    if len(digits.lstrip("-")) > _MAX_DIGITS:
+        raise SurgeryError(f"number {clip(digits, 16)!r} ({len(digits)} digits) out of range in {clip(where)!r}")
+    return int(digits)
+
+
+def _show(value: int) -> str:
+    return clip(str(value), 24)
+
+
 def parse_op(op_text: str) -> Op:
     """Parse one op such as ``skip:13-19``, ``shuffle:4-25@3`` or ``parallel:8-23x3``."""
     text = op_text.strip()
-    match = _OP_RE.match(text)
+    where = clip(text)
+    _check_ascii_digits(text, where)
+    match = _OP_RE.fullmatch(text)
     if not match:
         kind = text.split(":", 1)[0]
         if ":" in text and kind not in OP_KINDS:
-            raise SurgeryError(f"unknown op {kind!r} in {text!r}; known ops: {', '.join(OP_KINDS)}")
+            raise SurgeryError(f"unknown op {clip(kind, 30)!r} in {where!r}; known ops: {', '.join(OP_KINDS)}")
         raise SurgeryError(
-            f"malformed plan op {text!r}; expected e.g. skip:13-19, shuffle:4-25@3, repeat:8-23@15, "
+            f"malformed plan op {where!r}; expected e.g. skip:13-19, shuffle:4-25@3, repeat:8-23@15, "
             "loop:8-12x2, parallel:8-23x3"
         )
     kind = match["kind"]
     if kind not in OP_KINDS:
-        raise SurgeryError(f"unknown op {kind!r} in {text!r}; known ops: {', '.join(OP_KINDS)}")
-    start = int(match["start"])
-    end = int(match["end"]) if match["end"] is not None else start
-    at = int(match["at"]) if match["at"] is not None else None
-    times = int(match["times"]) if match["times"] is not None else None
-    return make_op(kind, start, end, at=at, times=times, where=text)
+        raise SurgeryError(f"unknown op {clip(kind, 30)!r} in {where!r}; known ops: {', '.join(OP_KINDS)}")
+    start = _to_int(match["start"], where)
+    end = _to_int(match["end"], where) if match["end"] is not None else start
+    at = _to_int(match["at"], where) if match["at"] is not None else None
+    times = _to_int(match["times"], where) if match["times"] is not None else None
+    return make_op(kind, start, end, at=at, times=times, where=where)
+
+
+def _require_int(value: Any, name: str, where: str, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SurgeryError(f"{name} must be an integer in {clip(where)!r}, got {clip(repr(value), 30)}")
+
+
+def _check_layer_index(index: int, where: str) -> None:
+    if index < 0:
+        raise SurgeryError(f"negative layer index in {clip(where)!r}")
+    if index >= MAX_LAYER_INDEX:
+        raise SurgeryError(
+            f"layer index {_show(index)} out of range in {clip(where)!r}: "
+            f"plan layer indices must be below MAX_LAYER_INDEX={MAX_LAYER_INDEX}"
+        )
+
+
+def _check_loops(loops: int, where: str) -> None:
+    if loops < 1:
+        raise SurgeryError(f"loop count K must be >= 1, got {_show(loops)} in {clip(where)!r}")
+    if loops > MAX_LOOPS:
+        raise SurgeryError(
+            f"loop count K={_show(loops)} in {clip(where)!r} exceeds the limit MAX_LOOPS={MAX_LOOPS}: "
+            "every loop adds a KV-cache slot and a forward step per layer of the block"
+        )
 
 
 def make_op(kind: str, start: int, end: int, *, at: int | None, times: int | None, where: str) -> Op:
     """Build and validate an :class:`Op` (shared by the text and YAML front ends)."""
-    if kind not in OP_KINDS:
-        raise SurgeryError(f"unknown op {kind!r} in {where!r}; known ops: {', '.join(OP_KINDS)}")
+    if not isinstance(kind, str) or kind not in OP_KINDS:
+        raise SurgeryError(f"unknown op {clip(repr(kind), 30)} in {clip(where)!r}; known ops: {', '.join(OP_KINDS)}")
+    _require_int(start, "layer index", where)
+    _require_int(end, "layer index", where)
+    _require_int(at, "'@' argument", where, optional=True)
+    _require_int(times, "loop count", where, optional=True)
     if start < 0 or end < 0:
-        raise SurgeryError(f"negative layer index in {where!r}")
+        raise SurgeryError(f"negative layer index in {clip(where)!r}")
     if end < start:
         block = "empty parallel block" if kind == "parallel" else "empty range"
-        raise SurgeryError(f"{block} in {where!r}: {start}-{end} has end < start")
+        raise SurgeryError(f"{block} in {clip(where)!r}: {_show(start)}-{_show(end)} has end < start")
+    _check_layer_index(end, where)
     if at is not None and kind not in ("shuffle", "repeat"):
-        raise SurgeryError(f"{kind} takes no '@' argument ({where!r})")
+        raise SurgeryError(f"{kind} takes no '@' argument ({clip(where)!r})")
     if times is not None and kind not in ("loop", "parallel"):
-        raise SurgeryError(f"{kind} takes no 'x' argument ({where!r})")
+        raise SurgeryError(f"{kind} takes no 'x' argument ({clip(where)!r})")
     if kind == "shuffle" and at is None:
-        raise SurgeryError(f"shuffle needs a seed, e.g. shuffle:{start}-{end}@0 ({where!r})")
+        raise SurgeryError(f"shuffle needs a seed, e.g. shuffle:{start}-{end}@0 ({clip(where)!r})")
     if kind == "loop" and times is None:
-        raise SurgeryError(f"loop needs a count, e.g. loop:{start}-{end}x2 ({where!r})")
+        raise SurgeryError(f"loop needs a count, e.g. loop:{start}-{end}x2 ({clip(where)!r})")
     loops = 1 if times is None else times
-    if loops < 1:
-        raise SurgeryError(f"loop count K must be >= 1, got {loops} in {where!r}")
-    if kind == "repeat" and at is not None and at < 0:
-        raise SurgeryError(f"negative repeat layer in {where!r}")
+    _check_loops(loops, where)
+    if kind == "repeat" and at is not None:
+        if at < 0:
+            raise SurgeryError(f"negative repeat layer in {clip(where)!r}")
+        _check_layer_index(at, where)
+    if kind == "shuffle" and at is not None and abs(at) > MAX_SEED:
+        raise SurgeryError(f"shuffle seed {_show(at)} out of range in {clip(where)!r}: |seed| must be <= 2**63 - 1")
     return Op(
         kind=kind,
         start=start,
@@ -140,7 +207,8 @@ def make_op(kind: str, start: int, end: int, *, at: int | None, times: int | Non
     )
 
 
-def _check_overlaps(ops: list[Op]) -> tuple[Op, ...]:
+def check_overlaps(ops: list[Op] | tuple[Op, ...]) -> tuple[Op, ...]:
+    """``ops`` sorted by start; raises if two ops own a common layer."""
     ordered = sorted(ops, key=lambda op: op.start)
     for previous, current in zip(ordered, ordered[1:]):
         if current.start <= previous.end:
@@ -150,116 +218,143 @@ def _check_overlaps(ops: list[Op]) -> tuple[Op, ...]:
 
 def parse_plan_text(text: str) -> LayerPlan:
     """Parse a plan string (comma-separated ops; ``identity`` or empty for the unmodified model)."""
+    if not isinstance(text, str):
+        raise SurgeryError(f"a plan must be text, got {type(text).__name__}")
+    if len(text) > MAX_PLAN_BYTES:
+        raise SurgeryError(f"plan text is {len(text)} characters; the limit is MAX_PLAN_BYTES={MAX_PLAN_BYTES}")
     stripped = text.strip()
     if stripped in ("", "identity", "none"):
         return LayerPlan(ops=(), text=text)
     parts = stripped.split(",")
     if any(not part.strip() for part in parts):
-        raise SurgeryError(f"malformed plan {stripped!r}: empty op between commas")
-    return LayerPlan(ops=_check_overlaps([parse_op(part) for part in parts]), text=text)
+        raise SurgeryError(f"malformed plan {clip(stripped)!r}: empty op between commas")
+    return LayerPlan(ops=check_overlaps([parse_op(part) for part in parts]), text=text)
 
 
-def _parse_range(value: Any, where: str) -> tuple[int, int]:
-    if isinstance(value, bool):
-        raise SurgeryError(f"malformed layer range {value!r} in {where}")
-    if isinstance(value, int):
-        return value, value
-    if isinstance(value, str) and (match := _RANGE_RE.match(value.strip())):
-        start = int(match["start"])
-        return start, int(match["end"]) if match["end"] is not None else start
-    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return value[0], value[1]
-    raise SurgeryError(f"malformed layer range {value!r} in {where}; expected 'A-B' or an index")
+def _parse_range(value: str, where: str) -> tuple[int, int]:
+    """``'A-B'`` or ``'A'`` (ASCII digits) as ``(A, B)``; the range is not expanded."""
+    _check_ascii_digits(value, where)
+    match = _RANGE_RE.fullmatch(value.strip())
+    if not match:
+        raise SurgeryError(f"malformed layer range {clip(value, 30)!r} in {where}; expected 'A-B' or an index")
+    start = _to_int(match["start"], where)
+    return start, _to_int(match["end"], where) if match["end"] is not None else start
 
 
-def _op_from_yaml(item: Any, index: int) -> Op:
-    where = f"ops[{index}]"
-    if isinstance(item, str):
-        return parse_op(item)
-    if not isinstance(item, dict):
-        raise SurgeryError(f"malformed plan entry {where}: expected a string like 'skip:3-5' or a mapping")
-    known = {"op", "layers", "seed", "layer", "loops"}
-    if unknown := set(item) - known:
-        raise SurgeryError(f"unknown key(s) {sorted(unknown)} in {where}; allowed: {sorted(known)}")
-    if "op" not in item or "layers" not in item:
-        raise SurgeryError(f"{where} needs 'op' and 'layers', e.g. {{op: skip, layers: 13-19}}")
-    start, end = _parse_range(item["layers"], where)
-    at = item.get("seed", item.get("layer"))
-    return make_op(str(item["op"]), start, end, at=at, times=item.get("loops"), where=where)
+def _op_from_mapping(item: schema.OpMapping, where: str) -> Op:
+    if isinstance(item.layers, int):
+        start = end = item.layers
+    elif isinstance(item.layers, str):
+        start, end = _parse_range(item.layers, where)
+    else:
+        start, end = item.layers
+    if item.seed is not None and item.layer is not None:
+        raise SurgeryError(f"{where} gives both 'seed' (shuffle) and 'layer' (repeat); give the one its op takes")
+    at = item.seed if item.seed is not None else item.layer
+    return make_op(item.op, start, end, at=at, times=item.loops, where=where)
 
 
-def _sequence_entry(item: Any, index: int) -> list[SequenceEntry]:
-    where = f"sequence[{index}]"
-    if isinstance(item, bool):
-        raise SurgeryError(f"malformed {where}: {item!r}")
-    if isinstance(item, int):
-        return [SequenceEntry(layers=(item,))]
-    if isinstance(item, str):
-        start, end = _parse_range(item, where)
-        if end < start:
-            raise SurgeryError(f"empty range in {where}: {item!r}")
-        return [SequenceEntry(layers=(i,)) for i in range(start, end + 1)]
-    if isinstance(item, list):
-        return [_parallel_entry(item, 1, where)]
-    if isinstance(item, dict) and "parallel" in item:
-        if unknown := set(item) - {"parallel", "loops"}:
-            raise SurgeryError(f"unknown key(s) {sorted(unknown)} in {where}")
-        group = item["parallel"]
-        if isinstance(group, str):
-            start, end = _parse_range(group, where)
-            group = list(range(start, end + 1))
-        loops = item.get("loops", 1)
-        if not isinstance(loops, int) or isinstance(loops, bool) or loops < 1:
-            raise SurgeryError(f"loop count K must be an integer >= 1 in {where}, got {loops!r}")
-        return [_parallel_entry(group, loops, where)]
-    raise SurgeryError(f"malformed {where}: expected an index, 'A-B', a list (parallel group) or {{parallel: ...}}")
+def _bounded_range(value: str, where: str) -> range:
+    """The layers of ``'A-B'``, refusing an empty range or one longer than MAX_EXECUTED_STEPS before expanding."""
+    start, end = _parse_range(value, where)
+    if end < start:
+        raise SurgeryError(f"empty range in {where}: {clip(value, 30)!r}")
+    _check_layer_index(end, where)
+    if end - start + 1 > MAX_EXECUTED_STEPS:
+        raise SurgeryError(
+            f"range {clip(value, 30)!r} in {where} has {end - start + 1} layers, over the limit "
+            f"MAX_EXECUTED_STEPS={MAX_EXECUTED_STEPS} executed layer instances"
+        )
+    return range(start, end + 1)
 
 
-def _parallel_entry(group: Any, loops: int, where: str) -> SequenceEntry:
-    if not isinstance(group, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in group):
-        raise SurgeryError(f"malformed parallel group in {where}: expected a list of layer indices")
+def _parallel_entry(group: list[int], loops: int, where: str) -> SequenceEntry:
     if not group:
         raise SurgeryError(f"empty parallel block in {where}")
+    for layer in group:
+        _check_layer_index(layer, where)
     if len(set(group)) != len(group):
-        raise SurgeryError(f"parallel group in {where} names a layer twice: {group}")
+        raise SurgeryError(f"parallel group in {where} names a layer twice: {clip(str(group))}")
     return SequenceEntry(layers=tuple(group), parallel=len(group) > 1, loops=loops)
 
 
+def _sequence_entries(items: list[Any]) -> tuple[SequenceEntry, ...]:
+    """Expand validated ``sequence:`` items, counting executed instances before each expansion."""
+    entries: list[SequenceEntry] = []
+    executed = 0
+    for index, item in enumerate(items):
+        where = f"sequence[{index}]"
+        if isinstance(item, int):
+            _check_layer_index(item, where)
+            new = [SequenceEntry(layers=(item,))]
+        elif isinstance(item, str):
+            layers = _bounded_range(item, where)
+            _check_executed(executed + len(layers), where)
+            new = [SequenceEntry(layers=(i,)) for i in layers]
+        elif isinstance(item, list):
+            new = [_parallel_entry(item, 1, where)]
+        else:
+            group = item.parallel if isinstance(item.parallel, list) else list(_bounded_range(item.parallel, where))
+            if item.loops < 1:
+                raise SurgeryError(f"loop count K must be an integer >= 1 in {where}, got {_show(item.loops)}")
+            _check_loops(item.loops, where)
+            new = [_parallel_entry(group, item.loops, where)]
+        executed += sum(len(entry.layers) * entry.loops for entry in new)
+        _check_executed(executed, where)
+        entries.extend(new)
+    return tuple(entries)
+
+
+def _check_executed(executed: int, where: str) -> None:
+    if executed > MAX_EXECUTED_STEPS:
+        raise SurgeryError(
+            f"the sequence executes more than MAX_EXECUTED_STEPS={MAX_EXECUTED_STEPS} layer instances "
+            f"(reached at {where}); each instance is a KV-cache slot and a forward step"
+        )
+
+
 def parse_plan_mapping(data: Any, text: str) -> LayerPlan:
-    """Build a plan from parsed YAML: ``plan: "..."``, ``ops: [...]`` or ``sequence: [...]``."""
+    """Build a plan from parsed YAML: ``plan: "..."``, ``ops: [...]`` or ``sequence: [...]``.
+
+    Shapes and types are validated by the pydantic models of :mod:`surgery.plan.schema` (strict integers, no
+    unknown keys); a problem is one :class:`SurgeryError` naming where it is, e.g. ``ops[1].loops``.
+    """
     if isinstance(data, str):
         return parse_plan_text(data)
     if not isinstance(data, dict):
         raise SurgeryError("plan YAML must be a mapping with one of: plan, ops, sequence")
-    keys = set(data) & {"plan", "ops", "sequence"}
+    keys = {"plan", "ops", "sequence"}.intersection(key for key in data if isinstance(key, str))
     if len(keys) != 1:
         raise SurgeryError("plan YAML must have exactly one of the keys: plan, ops, sequence")
-    if "plan" in data:
-        return parse_plan_text(str(data["plan"]))
-    if "ops" in data:
-        items = data["ops"] or []
-        if not isinstance(items, list):
-            raise SurgeryError("'ops' must be a list")
-        ops = [_op_from_yaml(item, i) for i, item in enumerate(items)]
-        return LayerPlan(ops=_check_overlaps(ops), text=text)
-    items = data["sequence"]
-    if not isinstance(items, list) or not items:
+    if "plan" in keys:
+        return parse_plan_text(schema.validate(schema.PLAN_TEXT, data["plan"], "plan"))
+    if "ops" in keys:
+        items = schema.validate(schema.OPS, data["ops"], "ops") or []
+        ops = [
+            parse_op(item) if isinstance(item, str) else _op_from_mapping(item, f"ops[{index}]")
+            for index, item in enumerate(items)
+        ]
+        return LayerPlan(ops=check_overlaps(ops), text=text)
+    items = schema.validate(schema.SEQUENCE, data["sequence"], "sequence")
+    if not items:
         raise SurgeryError("'sequence' must be a non-empty list")
-    entries = [entry for i, item in enumerate(items) for entry in _sequence_entry(item, i)]
-    return LayerPlan(sequence=tuple(entries), text=text)
+    return LayerPlan(sequence=_sequence_entries(items), text=text)
 
 
 def load_plan(plan: str) -> LayerPlan:
-    """Load a plan given on the command line: plan text, or the path of a ``.yaml``/``.yml`` file."""
+    """Load a plan given on the command line: plan text, or the path of a ``.yaml``/``.yml`` file.
+
+    Plan files are read with the restricted loader of :mod:`surgery.plan.yaml_loader` (no anchors or aliases,
+    bounded size and depth, UTF-8 only).
+    """
+    if not isinstance(plan, str):
+        raise SurgeryError(f"a plan must be text or a file path, got {type(plan).__name__}")
     if plan.endswith((".yaml", ".yml")) or (plan and Path(plan).is_file()):
-        path = Path(plan)
-        if not path.is_file():
-            raise SurgeryError(f"plan file not found: {plan}")
-        text = path.read_text()
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
-            raise SurgeryError(f"malformed plan YAML {plan}: {first}") from None
-        return parse_plan_mapping(data, text)
-    return parse_plan_text(plan)
+        text = read_plan_file(plan)
+        return parse_plan_mapping(parse_yaml_text(text, plan), text)
+    try:
+        return parse_plan_text(plan)
+    except SurgeryError:
+        if plan.strip() and Path(plan).is_dir():
+            raise SurgeryError(f"plan path {plan} is a directory, not a plan file or plan text") from None
+        raise
