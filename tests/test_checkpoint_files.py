@@ -116,8 +116,9 @@ def test_parse_size():
     assert safetensors_stream.parse_size("5GB") == 5 * 10**9
     assert safetensors_stream.parse_size("500MiB") == 500 * 2**20
     assert safetensors_stream.parse_size("1234") == 1234
-    with pytest.raises(SurgeryError, match="malformed size"):
-        safetensors_stream.parse_size("lots")
+    for bad in ("lots", "nan", "inf", "-5GB", "0", "١٠GB", "5TB"):
+        with pytest.raises(SurgeryError, match="malformed size"):
+            safetensors_stream.parse_size(bad)
 
 
 def test_shards_follow_source_files_and_data_is_page_aligned(tiny_checkpoints, tmp_path):
