@@ -8,3 +8,4 @@ Pipeline (one module per stage):
 """
 
 __version__ = "0.1.0"
+PROJECT_URL = "https://github.com/surgery-tools/surgery"  # also [project.urls] in pyproject.toml

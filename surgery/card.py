@@ -1,15 +1,15 @@
-"""Model card (README.md) and machine-readable provenance (surgery.json) of an output checkpoint."""
+"""Model card (README.md) of an output checkpoint, rendered from its provenance record (``surgery.json``)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
 
+from surgery import PROJECT_URL
+from surgery.fileio import atomic_write_text
 from surgery.plan import ExecutionPlan
-
-PROVENANCE_FILE = "surgery.json"
+from surgery.provenance import PROVENANCE_FILE, Provenance
 
 OP_MEANINGS = {
     "skip": "layers A..B are not run (paper §3.2)",
@@ -23,10 +23,6 @@ OP_MEANINGS = {
 }
 
 
-def write_provenance(out_dir: Path, record: dict) -> None:
-    (out_dir / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
-
-
 def _ops_in(canonical: str) -> list[str]:
     if canonical.startswith("sequence:"):
         return ["sequence"]
@@ -35,15 +31,29 @@ def _ops_in(canonical: str) -> list[str]:
     return sorted({op.split(":", 1)[0] for op in canonical.split(",")})
 
 
+def _origin(source: dict) -> str:
+    """The source model in words: its Hub id, or the GGUF file (name, sha256) / local directory it came from."""
+    if source.get("repo_id"):
+        return f"**{source['repo_id']}**"
+    if source.get("kind") == "gguf":
+        named = f", whose metadata names {source['gguf_repo']}" if source.get("gguf_repo") else ""
+        return f"the GGUF file **{Path(source['source']).name}** (sha256 `{source.get('sha256')}`{named})"
+    return f"the local checkpoint **{Path(str(source.get('source', source.get('given')))).name}**"
+
+
 def write_model_card(
-    out_dir: Path, record: dict, execution: ExecutionPlan, *, custom_class: bool, generative: bool
+    out_dir: Path, record: Provenance, execution: ExecutionPlan, *, name: str, custom_class: bool, generative: bool
 ) -> None:
-    """Write a Hub model card: front matter (base_model, library_name, tags) + what was done and how to load."""
-    plan = record["plan"]
-    source = record["source"]
-    output = record["output"]
+    """Write a Hub model card: front matter (base_model, library_name, tags) + what was done and how to load.
+
+    ``name`` is what the user will load: the final directory name (or, once pushed, the repo id), never the
+    temporary directory the checkpoint is written in.
+    """
+    plan = record.plan.model_dump()
+    source = record.source
+    output = record.output
     ops = _ops_in(plan["canonical"])
-    base_model = source.get("repo_id")
+    base_model = source.get("repo_id") or source.get("gguf_repo")
     front: dict = {"library_name": "transformers", "tags": ["surgery", "layer-surgery", *ops]}
     if base_model:
         front["base_model"] = base_model
@@ -60,10 +70,10 @@ def write_model_card(
         else f"the source architecture (`{output['architecture']}`)"
     )
     body = f"""
-# {out_dir.name}
+# {name}
 
-Layer surgery of **{base_model or source["given"]}** with the plan `{plan["canonical"]}`, made with
-[surgery](https://github.com/) {record["surgery_version"]}, after *Transformer Layers as Painters*
+Layer surgery of {_origin(source)} with the plan `{plan["canonical"]}`, made with
+[surgery]({PROJECT_URL}) {record.surgery_version}, after *Transformer Layers as Painters*
 (Sun, Pickett, Nain, Jones, 2024). No weights were trained or changed: layers were only dropped, reordered,
 repeated or run in parallel. Expect lower quality than the source model, most of all on math and reasoning.
 
@@ -84,11 +94,11 @@ executed sequence is a parallel block (outputs averaged); `xK` repeats it K time
 ## Use
 ```python
 from transformers import {auto}, AutoTokenizer
-model = {auto}.from_pretrained("{out_dir.name}"{remote})
-tokenizer = AutoTokenizer.from_pretrained("{out_dir.name}")
+model = {auto}.from_pretrained("{name}"{remote})
+tokenizer = AutoTokenizer.from_pretrained("{name}")
 ```
 
 Provenance (plan as given and resolved, source, package version) is in `{PROVENANCE_FILE}`.
 """
     text = "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n" + body
-    (out_dir / "README.md").write_text(text)
+    atomic_write_text(out_dir / "README.md", text)

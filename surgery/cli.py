@@ -1,28 +1,79 @@
-"""Command line: ``surgery apply`` and ``surgery plan show``.
+"""Command line: ``surgery apply``, ``surgery plan show``, ``surgery demo``, and the stage commands.
 
-Every user error becomes one ``error: ...`` line on stderr and a non-zero exit; ``surgery --debug ...``
-(or ``SURGERY_DEBUG=1``) shows the traceback instead.
+Every user error becomes one ``error: ...`` line on stderr and exit 2; ``surgery --debug ...`` (or
+``SURGERY_DEBUG=1``) shows the traceback instead. SIGTERM (what ``timeout``, docker and Slurm send) is handled
+like Ctrl-C: the running command cleans up its temporary files and exits non-zero.
+
+The stage commands (``similarity``, ``eval``, ``glue``) live with their packages and are imported only when
+run, so ``surgery apply`` and ``surgery --help`` stay lean (see :data:`LAZY_COMMANDS`).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import signal
 import sys
 from pathlib import Path
 
 import click
 
 from surgery import __version__
+from surgery.cli_options import allow_pickle_option, plan_option, quiet_option, revision_option
 from surgery.errors import SurgeryError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
 
+# name -> (module, attribute, one-line help shown by `surgery --help` without importing the module)
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "similarity": (
+        "surgery.analysis.cli",
+        "similarity",
+        "Cosine similarity between the hidden states of every pair of layers (paper Fig 3).",
+    ),
+    "eval": (
+        "surgery.evaluation.cli",
+        "eval_command",
+        "Score a model, with a plan applied in memory, on the paper's benchmarks.",
+    ),
+    "glue": ("surgery.glue.cli", "glue", "Fine-tune and score an encoder on GLUE with a plan applied in memory."),
+}
+
+
+class Terminated(BaseException):
+    """Raised from the SIGTERM handler so ``finally`` / ``except BaseException`` clean-ups run."""
+
+
+def _on_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    raise Terminated()
+
 
 class SurgeryGroup(click.Group):
-    """Click group that turns exceptions into one clear line unless debugging."""
+    """Click group that turns exceptions into one clear line unless debugging, and loads commands lazily."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS and name not in self.commands:
+            module, attribute, _ = LAZY_COMMANDS[name]
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in LAZY_COMMANDS and name not in self.commands:
+                rows.append((name, LAZY_COMMANDS[name][2]))
+            else:
+                command = self.commands[name]
+                rows.append((name, command.get_short_help_str(limit=formatter.width - 6 - len(name))))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return super().invoke(ctx)
         except SurgeryError as exc:
@@ -35,12 +86,17 @@ class SurgeryGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             ctx.exit(130)
+        except Terminated:
+            click.echo("error: terminated (SIGTERM)", err=True)
+            ctx.exit(143)
         except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
             if _debug(ctx):
                 raise
             first = str(exc).splitlines()[0] if str(exc) else ""
             click.echo(f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)", err=True)
             ctx.exit(EXIT_INTERNAL_ERROR)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _debug(ctx: click.Context) -> bool:
@@ -57,14 +113,8 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-PLAN_HELP = (
-    "Layer plan, e.g. 'skip:13-19', 'reverse:8-23', 'shuffle:4-25@3', 'repeat:8-23@15', 'loop:8-12x2', "
-    "'parallel:8-23x3' (comma-separated), or a YAML plan file."
-)
-
-
 @main.command()
-@click.option("--plan", "plan_text", required=True, help=PLAN_HELP)
+@plan_option(required=True)
 @click.argument("model")
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option(
@@ -80,9 +130,9 @@ PLAN_HELP = (
     help="Always write the surgery model class (even when the source architecture could express the plan).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
-@click.option("--revision", help="Hub revision (branch, tag or commit) when MODEL is a Hub id.")
-@click.option("--allow-pickle", is_flag=True, help="Allow pickle-only (.bin) weights; only for models you trust.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+@revision_option()
+@allow_pickle_option()
+@quiet_option()
 def apply(
     plan_text,
     model,
@@ -143,7 +193,7 @@ def plan() -> None:
 
 
 @plan.command("show")
-@click.option("--plan", "plan_text", required=True, help=PLAN_HELP)
+@plan_option(required=True)
 @click.argument("model", required=False)
 @click.option("--layers", "num_layers", type=int, help="Number of source layers (instead of reading MODEL's config).")
 @click.option("--json", "as_json", is_flag=True, help="Print the resolved plan as JSON.")
@@ -152,16 +202,18 @@ def plan_show(plan_text, model, num_layers, as_json):
     import json
 
     from surgery.architectures import arch_for
-    from surgery.io.source import read_source_config
+    from surgery.io.model_ref import ModelRef, num_layers_of
     from surgery.plan import load_plan, resolve_plan
 
-    if model is None and num_layers is None:
-        raise SurgeryError("give MODEL or --layers T")
-    if num_layers is None:
-        config = read_source_config(model)
-        arch_for(config.get("model_type"))
-        num_layers = int(config["num_hidden_layers"])
+    if (model is None) == (num_layers is None):
+        raise SurgeryError("give either MODEL or --layers T (not both)")
     layer_plan = load_plan(plan_text)
+    if num_layers is None:
+        config = ModelRef.parse(model).read_config()
+        arch_for(config.get("model_type"))
+        num_layers = num_layers_of(config, model)
+    elif num_layers < 1:
+        raise SurgeryError(f"--layers must be >= 1 (got {num_layers})")
     execution = resolve_plan(layer_plan, num_layers)
     if as_json:
         payload = {
@@ -184,8 +236,15 @@ def plan_show(plan_text, model, num_layers, as_json):
 
 
 @main.command()
-@click.option("--plan", "plan_text", default="skip:13-19", show_default=True, help=PLAN_HELP)
-@click.option("--out", "out_dir", default="demo-out", show_default=True, type=click.Path(path_type=Path))
+@plan_option(default="skip:13-19")
+@click.option(
+    "--out",
+    "out_dir",
+    default="demo-out",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Output folder of the demo checkpoint (replaced on every run).",
+)
 @click.option("--prompt", default="What is the capital of France?", show_default=True)
 @click.option("--max-new-tokens", default=24, show_default=True)
 def demo(plan_text, out_dir, prompt, max_new_tokens):
@@ -194,19 +253,6 @@ def demo(plan_text, out_dir, prompt, max_new_tokens):
 
     run_demo(plan_text, out_dir, prompt, max_new_tokens)
 
-
-def _register_subcommands() -> None:
-    """Commands that live with their pipeline stage (analysis, evaluation, ...)."""
-    from surgery.analysis.cli import similarity
-    from surgery.evaluation.cli import eval_command
-    from surgery.glue.cli import glue
-
-    main.add_command(similarity)
-    main.add_command(eval_command)
-    main.add_command(glue)
-
-
-_register_subcommands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

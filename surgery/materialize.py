@@ -17,15 +17,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from surgery import __version__
 from surgery.architectures import ArchSpec, arch_for, check_parallel_attention_types
-from surgery.card import write_model_card, write_provenance
+from surgery.card import write_model_card
 from surgery.errors import SurgeryError
+from surgery.io.integrity import check_config_agrees, check_layers_consistent, expected_outputs, verify_written
+from surgery.io.model_ref import ModelRef, first_line, num_layers_of, read_json_object
+from surgery.io.output_dir import check_output_dir, staged_output
 from surgery.io.safetensors_stream import (
     FLOAT_DTYPES,
     OutputTensor,
@@ -36,6 +37,7 @@ from surgery.io.safetensors_stream import (
 from surgery.io.source import SourceModel, copy_side_files, resolve_source
 from surgery.modeling import MODELING_FILES
 from surgery.plan import ExecutionPlan, LayerPlan, load_plan, resolve_plan
+from surgery.provenance import PlanRecord, Provenance
 
 DTYPE_CHOICES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 SURGERY_AUTO_MAP = {"AutoConfig": "configuration_surgery.SurgeryConfig"}
@@ -107,6 +109,7 @@ def build_tensor_map(
 ) -> TensorMap:
     """Map every output tensor to its source tensor. Pure: reads only the records' metadata."""
     layers, others = group_layer_tensors(records, spec, execution.num_source_layers)
+    check_layers_consistent(layers)
     instances = execution.instances
     if custom_class:
         stored_sources = list(dict.fromkeys(instances)) if tie_repeats else list(instances)
@@ -129,21 +132,14 @@ def build_tensor_map(
         return OutputTensor(prefix + name, record, out_dtype(record))
 
     head = layers[0][0][0]
-    front = [output(r.name, r) for r in others if "embed" in r.name]
-    back = [output(r.name, r) for r in others if "embed" not in r.name]
+    front = [output(r.name, r) for r in others if spec.is_embedding_tensor(r.name)]
+    back = [output(r.name, r) for r in others if not spec.is_embedding_tensor(r.name)]
     layer_tensors = [
         output(f"{layer_head}{stored}.{tail}", record)
         for stored, source in enumerate(stored_sources)
         for layer_head, tail, record in layers[source]
     ]
     return TensorMap(front + layer_tensors + back, stored_sources, steps, head.rstrip("."))
-
-
-def _check_output_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SurgeryError(f"output path exists and is not a directory: {out_dir}")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise SurgeryError(f"output directory {out_dir} exists and is not empty (pass --overwrite to replace it)")
 
 
 def _default_architecture(model_type: str, generative: bool) -> str:
@@ -158,6 +154,7 @@ def _write_source_config(
 ) -> None:
     """Edit the source ``config.json`` as JSON (no transformers import): layer count, per-layer arrays, dtype."""
     config = dict(raw)
+    config.pop("auto_map", None)  # no code is copied into a plain output, so nothing for it to point at
     instances = execution.instances
     config["num_hidden_layers"] = len(instances)
     for key, values in per_layer.items():
@@ -194,8 +191,8 @@ def _write_surgery_config(
     check_parallel_attention_types(execution.steps, layer_types)
     if dtype is not None:
         fields["dtype"] = dtype
-    wrapper = "SurgeryForCausalLM" if spec.generative else "SurgeryModel"
-    auto_key = "AutoModelForCausalLM" if spec.generative else "AutoModel"
+    wrapper = spec.wrapper_class
+    auto_key = spec.auto_class
     fields["num_hidden_layers"] = len(execution.instances)
     surgery_config = SurgeryConfig(
         source_model_type=config.model_type,
@@ -219,9 +216,9 @@ def _transformers_config(source: SourceModel):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(source.path)
-    except (ValueError, OSError) as exc:
-        raise SurgeryError(f"cannot read config of {source.given}: {str(exc).splitlines()[0]}") from None
+        return AutoConfig.from_pretrained(source.path, trust_remote_code=False)
+    except (ValueError, OSError, TypeError, KeyError) as exc:  # transformers' errors for an unusable config
+        raise SurgeryError(f"cannot read config of {source.given}: {first_line(exc)}") from exc
 
 
 def _load_source_config(source: SourceModel) -> tuple[ArchSpec, dict, dict[str, list]]:
@@ -230,15 +227,19 @@ def _load_source_config(source: SourceModel) -> tuple[ArchSpec, dict, dict[str, 
     Per-layer arrays missing from the file (e.g. Qwen2's ``layer_types``, derived from ``max_window_layers``)
     are derived through transformers; otherwise transformers is not imported at all.
     """
-    raw = json.loads((source.path / "config.json").read_text())
+    raw = read_json_object(source.path / "config.json", f"config.json of {source.given}")
     spec = arch_for(raw.get("model_type"))
-    if not isinstance(raw.get("num_hidden_layers"), int):
-        raise SurgeryError(f"config of {source.given} has no integer num_hidden_layers")
+    num_layers = num_layers_of(raw, source.given)
     per_layer = {key: raw[key] for key in spec.per_layer_config if raw.get(key) is not None}
     missing = [key for key in spec.per_layer_config if key not in per_layer]
     if missing:
         config = _transformers_config(source)
         per_layer.update({key: getattr(config, key) for key in missing if getattr(config, key, None) is not None})
+    for key, values in per_layer.items():
+        if not isinstance(values, list) or len(values) != num_layers:
+            raise SurgeryError(
+                f"config of {source.given}: {key} must be a list of {num_layers} entries (one per layer)"
+            )
     return spec, raw, per_layer
 
 
@@ -252,22 +253,18 @@ def _provenance(
     custom: bool,
     raw_config: dict,
     spec: ArchSpec,
-) -> dict:
-    """The machine-readable record written as ``surgery.json``."""
-    if custom:
-        architecture = "SurgeryForCausalLM" if spec.generative else "SurgeryModel"
-    else:
-        architecture = (raw_config.get("architectures") or [None])[0]
-    return {
-        "surgery_version": __version__,
-        "plan": {
-            "given": plan.text,
-            "canonical": plan.canonical,
-            "executed": execution.describe(),
-            "steps": [list(step.layers) for step in execution.steps],
-        },
-        "source": {**source.provenance, "given": model, "num_layers": execution.num_source_layers},
-        "output": {
+) -> Provenance:
+    """The machine-readable record written as ``surgery.json`` (with its first stage, ``apply``)."""
+    architecture = spec.wrapper_class if custom else (raw_config.get("architectures") or [None])[0]
+    record = Provenance(
+        plan=PlanRecord(
+            given=plan.text,
+            canonical=plan.canonical,
+            executed=execution.describe(),
+            steps=[list(step.layers) for step in execution.steps],
+        ),
+        source={**source.provenance, "given": model, "num_layers": execution.num_source_layers},
+        output={
             "layout": "surgery" if custom else "source",
             "architecture": architecture,
             "executed_layers": len(execution.instances),
@@ -277,18 +274,9 @@ def _provenance(
             "tensor_dtypes": sorted({tensor.dtype for tensor in tensor_map.tensors}),
             "total_bytes": sum(tensor.nbytes for tensor in tensor_map.tensors),
         },
-    }
-
-
-def _install(tmp: Path, out_dir: Path) -> None:
-    """Move the finished temporary directory into place (replacing an old one only now)."""
-    backup = None
-    if out_dir.exists():
-        backup = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out_dir, backup)
-    os.rename(tmp, out_dir)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
+    )
+    record.add_stage("apply", plan=plan.canonical, dtype=options.dtype, shard_size=options.shard_size)
+    return record
 
 
 def apply_plan(
@@ -302,31 +290,26 @@ def apply_plan(
 
     ``progress(bytes_done, bytes_total)`` is called while weights stream. Raises :class:`SurgeryError`
     for every user error; on any failure no directory that looks like a checkpoint is left behind.
+    Every source header is validated and every layer checked against its peers before anything is written;
+    the written headers are read back and checked before the checkpoint is installed.
     """
     options = options or ApplyOptions()
-    out_dir = Path(out_dir)
-    _check_output_dir(out_dir, options.overwrite)
+    ref = ModelRef.parse(model, options.revision)
+    protect = [ref.path] if ref.path is not None else []
+    check_output_dir(Path(out_dir), overwrite=options.overwrite, protect=protect)
     plan = load_plan(plan_text)
     dtype = DTYPE_CHOICES[options.dtype] if options.dtype else None
-    with resolve_source(model, revision=options.revision, allow_pickle=options.allow_pickle) as source:
-        if out_dir.resolve() == source.path.resolve():
-            raise SurgeryError(f"output directory {out_dir} is the source model; choose another OUT_DIR")
+    with resolve_source(ref, allow_pickle=options.allow_pickle) as source:
         spec, raw_config, per_layer = _load_source_config(source)
         execution = resolve_plan(plan, raw_config["num_hidden_layers"])
         custom = options.surgery_class or execution.needs_custom_class(options.tie_repeats)
+        records = index_checkpoint(source.weight_files)
+        check_config_agrees(raw_config, records)
         tensor_map = build_tensor_map(
-            index_checkpoint(source.weight_files),
-            spec,
-            execution,
-            custom_class=custom,
-            tie_repeats=options.tie_repeats,
-            dtype=dtype,
+            records, spec, execution, custom_class=custom, tie_repeats=options.tie_repeats, dtype=dtype
         )
         total = sum(t.nbytes for t in tensor_map.tensors)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir.parent / f".{out_dir.name}.surgery-tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+        with staged_output(Path(out_dir), overwrite=options.overwrite, protect=[*protect, source.path]) as tmp:
             done = 0
 
             def step(nbytes: int) -> None:
@@ -336,20 +319,18 @@ def apply_plan(
                     progress(done, total)
 
             # Real sharded checkpoints keep their shard boundaries (page-aligned copies); GGUF temp shards don't.
-            write_checkpoint_weights(
+            paths = write_checkpoint_weights(
                 tmp, tensor_map.tensors, options.shard_size, step, split_at_source_files=source.kind != "gguf"
             )
+            verify_written(paths, expected_outputs(tensor_map.tensors))
             if custom:
                 _write_surgery_config(source, spec, per_layer, execution, tensor_map, plan, options.dtype, tmp)
             else:
                 _write_source_config(raw_config, per_layer, execution, options.dtype, tmp)
             copy_side_files(source.path, tmp)
             record = _provenance(model, source, plan, execution, tensor_map, options, custom, raw_config, spec)
-            write_provenance(tmp, record)
-            write_model_card(tmp, record, execution, custom_class=custom, generative=spec.generative)
+            record.write(tmp)
+            final = Path(os.path.realpath(Path(out_dir).expanduser()))
+            write_model_card(tmp, record, execution, name=final.name, custom_class=custom, generative=spec.generative)
             files = sorted(p.name for p in tmp.iterdir())
-            _install(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return ApplyResult(out_dir, execution, custom, len(tensor_map.stored_sources), files, total)
+    return ApplyResult(Path(out_dir), execution, custom, len(tensor_map.stored_sources), files, total)

@@ -128,4 +128,4 @@ def test_plan_show_reads_only_the_config(tmp_path):
 
 def test_plan_show_errors_are_one_line(tmp_path):
     _assert_one_line_error(_run("plan", "show", "--plan", "skip:1-40", "--layers", "30"), "out of range")
-    _assert_one_line_error(_run("plan", "show", "--plan", "skip:1"), "give MODEL or --layers")
+    _assert_one_line_error(_run("plan", "show", "--plan", "skip:1"), "give either MODEL or --layers")

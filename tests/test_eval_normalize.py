@@ -186,7 +186,7 @@ def cli():
 
 
 def test_cli_unknown_task_is_one_error_line(cli, tmp_path):
-    result = CliRunner().invoke(cli, ["eval", str(tmp_path), "--tasks", "arc_easy,mmlu"])
+    result = CliRunner().invoke(cli, ["eval", "org/not-downloaded", "--tasks", "arc_easy,mmlu"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "error: unknown task mmlu; known tasks: lambada_openai, arc_easy, arc_challenge, hellaswag, winogrande, gsm8k"
@@ -194,12 +194,12 @@ def test_cli_unknown_task_is_one_error_line(cli, tmp_path):
 
 
 def test_cli_missing_local_data_and_baseline(cli, tmp_path):
-    result = CliRunner().invoke(cli, ["eval", str(tmp_path), "--tasks", "gsm8k", "--data-dir", str(tmp_path)])
+    result = CliRunner().invoke(cli, ["eval", "org/not-downloaded", "--tasks", "gsm8k", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and "error: task 'gsm8k': no local data" in result.output
-    result = CliRunner().invoke(cli, ["eval", str(tmp_path), "--baseline", str(tmp_path / "none.json")])
+    result = CliRunner().invoke(cli, ["eval", "org/not-downloaded", "--baseline", str(tmp_path / "none.json")])
     assert result.exit_code == 2 and "error: baseline results not found" in result.output
     (tmp_path / "bad.json").write_text("[1]")
-    result = CliRunner().invoke(cli, ["eval", str(tmp_path), "--baseline", str(tmp_path / "bad.json")])
+    result = CliRunner().invoke(cli, ["eval", "org/not-downloaded", "--baseline", str(tmp_path / "bad.json")])
     assert result.exit_code == 2 and "has no 'results' mapping" in result.output
-    result = CliRunner().invoke(cli, ["eval", str(tmp_path), "--limit", "0"])
+    result = CliRunner().invoke(cli, ["eval", "org/not-downloaded", "--limit", "0"])
     assert result.exit_code == 2 and "must be positive" in result.output

@@ -202,7 +202,6 @@ def test_task_scores_and_unnormalized_average():
     assert metrics.task_score("mrpc", mrpc) == pytest.approx((0.75 + 4 / 6) / 2)
     assert metrics.task_score("stsb", {"pearson": 0.8, "spearman": 0.6}) == pytest.approx(0.7)
     assert metrics.task_score("cola", {"mcc": 0.3}) == 0.3
-    assert metrics.glue_average({"cola": 0.3, "rte": 0.6, "stsb": 0.9}) == pytest.approx(0.6)
     assert set(metrics.TASK_METRICS) == set(PAPER_TASKS)
 
 
@@ -268,7 +267,7 @@ def _changed(model, before) -> set[str]:
 
 @pytest.mark.usefixtures("one_thread")
 def test_classifier_head_is_newly_initialized(tiny_bert_dir):
-    model, tokenizer, new = load_classifier(str(tiny_bert_dir), TASKS["stsb"])
+    model, tokenizer, new = load_classifier(GlueConfig(model=str(tiny_bert_dir)), TASKS["stsb"])
     assert new == ["classifier.bias", "classifier.weight"]
     assert model.config.num_labels == 1 and model.config.problem_type == "regression"
     assert tokenizer("ab z").input_ids[0] == tokenizer.cls_token_id
@@ -276,7 +275,7 @@ def test_classifier_head_is_newly_initialized(tiny_bert_dir):
 
 @pytest.mark.usefixtures("one_thread")
 def test_frozen_mode_trains_only_the_head(tiny_bert_dir):
-    loaded = load_classifier(str(tiny_bert_dir), TASKS["sst2"])
+    loaded = load_classifier(GlueConfig(model=str(tiny_bert_dir)), TASKS["sst2"])
     before = _snapshot(loaded[0])
     result = run_task("sst2", _config(tiny_bert_dir, mode="frozen"), data=_task_data(), model_and_tokenizer=loaded)
     assert _changed(loaded[0], before) == {"classifier.weight", "classifier.bias"}  # pooler included: frozen
@@ -288,7 +287,7 @@ def test_frozen_mode_trains_only_the_head(tiny_bert_dir):
 def test_frozen_encoder_runs_without_dropout(tiny_bert_dir):
     from surgery.glue.train import set_train_mode
 
-    model = load_classifier(str(tiny_bert_dir), TASKS["sst2"])[0]
+    model = load_classifier(GlueConfig(model=str(tiny_bert_dir)), TASKS["sst2"])[0]
     set_train_mode(model, "frozen")
     assert model.training and model.dropout.training  # the head's dropout
     assert not any(module.training for module in model.bert.modules())
@@ -298,7 +297,7 @@ def test_frozen_encoder_runs_without_dropout(tiny_bert_dir):
 
 @pytest.mark.usefixtures("one_thread")
 def test_full_mode_trains_the_encoder(tiny_bert_dir):
-    loaded = load_classifier(str(tiny_bert_dir), TASKS["sst2"])
+    loaded = load_classifier(GlueConfig(model=str(tiny_bert_dir)), TASKS["sst2"])
     before = _snapshot(loaded[0])
     run_task("sst2", _config(tiny_bert_dir), data=_task_data(), model_and_tokenizer=loaded)
     changed = _changed(loaded[0], before)
@@ -308,7 +307,7 @@ def test_full_mode_trains_the_encoder(tiny_bert_dir):
 
 @pytest.mark.usefixtures("one_thread")
 def test_plan_is_applied_during_training(tiny_bert_dir):
-    loaded = load_classifier(str(tiny_bert_dir), TASKS["sst2"])
+    loaded = load_classifier(GlueConfig(model=str(tiny_bert_dir)), TASKS["sst2"])
     model = loaded[0]
     before = _snapshot(model)
     result = run_task("sst2", _config(tiny_bert_dir, plan="skip:2-3"), data=_task_data(), model_and_tokenizer=loaded)
@@ -322,7 +321,7 @@ def test_plan_is_applied_during_training(tiny_bert_dir):
 
 @pytest.mark.usefixtures("one_thread")
 def test_gradients_flow_through_every_member_of_a_parallel_block(tiny_bert_dir):
-    model, tokenizer, _ = load_classifier(str(tiny_bert_dir), TASKS["sst2"])
+    model, tokenizer, _ = load_classifier(GlueConfig(model=str(tiny_bert_dir)), TASKS["sst2"])
     batch = tokenizer(["a b z", "c d"], padding=True, return_tensors="pt")
     labels = torch.tensor([1, 0])
     with torch.no_grad():
@@ -364,7 +363,7 @@ def test_the_loop_learns_an_easy_task(tiny_bert_dir):
 def test_train_stats(tiny_bert_dir):
     from surgery.glue.train import Encoded, freeze, trainable_names
 
-    model, tokenizer, new = load_classifier(str(tiny_bert_dir), TASKS["sst2"])
+    model, tokenizer, new = load_classifier(GlueConfig(model=str(tiny_bert_dir)), TASKS["sst2"])
     freeze(model, trainable_names(model, "full", new))
     stats = train(model, Encoded(tokenizer, _synthetic(20, 0), 32, False), _config(tiny_bert_dir, epochs=2))
     assert stats["train_steps"] == 2 * 3 and not model.training

@@ -16,8 +16,9 @@ from tiny_models import VOCAB, build_tiny
 from transformers import AutoModelForCausalLM
 
 from surgery import __version__
-from surgery.analysis.cli import FILES, similarity
-from surgery.analysis.similarity import compute_similarity, read_result, suggest_layer_classes
+from surgery.analysis.cli import similarity
+from surgery.analysis.report import FILES, read_result
+from surgery.analysis.similarity import compute_similarity, suggest_layer_classes
 from surgery.analysis.texts import load_texts
 from surgery.cli import SurgeryGroup
 from surgery.errors import SurgeryError
@@ -151,7 +152,7 @@ def test_options_special_tokens_truncation_and_final_norm():
     normed = everything
     assert not raw.final_norm_applied and not np.allclose(raw.matrix[-1], normed.matrix[-1])
     np.testing.assert_allclose(raw.matrix[:-1, :-1], normed.matrix[:-1, :-1], atol=1e-12)
-    with pytest.raises(SurgeryError, match="batch-size"):
+    with pytest.raises(SurgeryError, match="batch_size"):
         compute_similarity(model, CharTokenizer(), TEXTS, batch_size=0)
 
 
@@ -212,9 +213,12 @@ cli.add_command(similarity)
 
 @pytest.fixture
 def tiny_loader(monkeypatch):
+    from surgery.io.model_ref import ModelRef
+
     monkeypatch.setattr(
         "surgery.io.loading.load_model_and_tokenizer", lambda model, **kwargs: (build_tiny("llama"), CharTokenizer())
     )
+    monkeypatch.setattr("surgery.io.loading.check_loadable", lambda model, **kwargs: (ModelRef.parse(model), {}, False))
 
 
 def test_cli_writes_all_files(tiny_loader, tmp_path):
@@ -276,7 +280,8 @@ def test_cli_reads_lambada_from_data_dir_env(tiny_loader, tmp_path, monkeypatch)
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--data-dir", "{tmp}/nowhere"], "LAMBADA not found"),
+        (["--data-dir", "{tmp}/nowhere"], "nowhere is not a directory"),
+        (["--data-dir", "{tmp}"], "LAMBADA not found"),
         (["--data", "{tmp}/missing.jsonl"], "data file not found"),
         (["--data", "wikitext"], "unknown --data 'wikitext'"),
         (["--data", "{tmp}/t.txt", "--plan", "skip:3-"], "malformed plan op"),

@@ -6,65 +6,34 @@ the main group turns into one ``error: ...`` line.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
-import numpy as np
 
 from surgery import __version__
+from surgery.cli_options import data_dir_option, dtype_option, model_loading_options, plan_option, quiet_option
 from surgery.errors import SurgeryError
-
-PLAN_HELP = (
-    "Layer plan applied in memory before measuring, e.g. 'skip:13-19' or 'repeat:13-17' (paper Fig 15), "
-    "or a YAML plan file. The matrix then covers the executed sequence."
-)
-FILES = {
-    "summary": "similarity.json",
-    "matrix_json": "matrix.json",
-    "matrix_npy": "matrix.npy",
-    "heatmap": "heatmap.png",
-    "variance": "variance.png",
-}
-
-
-def _model_name(model: str) -> str:
-    path = Path(model).expanduser()
-    if model.endswith(".gguf"):
-        return path.stem
-    if path.is_dir():
-        return path.resolve().name
-    return model
 
 
 def _checkpoint_plan(model: str) -> dict | None:
     """The plan recorded in a ``surgery apply`` output (``surgery.json``), if MODEL is one."""
-    from surgery.card import PROVENANCE_FILE
+    from surgery.provenance import Provenance
 
-    path = Path(model).expanduser() / PROVENANCE_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text()).get("plan")
-    except (OSError, ValueError, AttributeError):
-        return None
+    directory = Path(model).expanduser()
+    record = Provenance.read(directory) if directory.is_dir() else None
+    return None if record is None else record.plan.model_dump()
 
 
 @click.command("similarity")
 @click.argument("model")
-@click.option("--plan", "plan_text", help=PLAN_HELP)
+@plan_option(what="applied in memory before measuring (the matrix then covers the executed sequence)")
 @click.option(
     "--data",
     default="lambada",
     show_default=True,
     help="'lambada' (LAMBADA test texts), or a .jsonl file (a 'text' field per line) / .txt file (a text per line).",
 )
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Folder laid out like the project's data folder (lambada/lambada_test.jsonl) "
-    "[default: $SURGERY_DATA_DIR; without either, LAMBADA comes from the Hugging Face Hub].",
-)
+@data_dir_option("lambada/lambada_test.jsonl")
 @click.option("--limit", default=100, show_default=True, help="Number of texts (the paper uses 100 LAMBADA samples).")
 @click.option("--seed", type=int, help="Draw the --limit texts at random with this seed [default: the first ones].")
 @click.option(
@@ -91,15 +60,9 @@ def _checkpoint_plan(model: str) -> dict | None:
     show_default=True,
     help="Suggest this many contiguous layer classes (beginning/middle/end for 3); 0 for none.",
 )
-@click.option(
-    "--dtype",
-    type=click.Choice(["float32", "bfloat16", "float16"]),
-    default="float32",
-    show_default=True,
-    help="Model weights dtype (sums are float64 regardless).",
-)
-@click.option("--revision", help="Hub revision (branch, tag or commit) when MODEL is a Hub id.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+@dtype_option(help_text="Model weights dtype (sums are float64 regardless).")
+@model_loading_options
+@quiet_option()
 def similarity(
     model,
     plan_text,
@@ -115,6 +78,8 @@ def similarity(
     num_classes,
     dtype,
     revision,
+    trust_remote_code,
+    allow_pickle,
     quiet,
 ):
     """Average cosine similarity between the hidden states of every pair of layers of MODEL (paper §3.1, Fig 3).
@@ -124,22 +89,35 @@ def similarity(
     matrix.npy (the (T+1)x(T+1) matrix: entry 0 = embeddings, entry k = after executed step k, the last one
     after the model's final norm where it has one), heatmap.png and variance.png.
     """
-    from surgery.analysis.plots import plot_heatmap, plot_layer_stats
-    from surgery.analysis.similarity import compute_similarity, suggest_layer_classes
-    from surgery.analysis.texts import load_texts, resolve_data_dir
-    from surgery.io.loading import load_model_and_tokenizer
+    from surgery.extras import require_extra
+    from surgery.io.data_dir import resolve_data_dir
+    from surgery.io.loading import check_loadable
 
+    # cheap checks first: arguments, model reference, data and plan errors before any heavy import
+    require_extra("eval", "similarity", ("numpy", "matplotlib"))
     if out_dir.exists() and not out_dir.is_dir():
         raise SurgeryError(f"--out {out_dir} exists and is not a directory")
     if num_classes < 0:
         raise SurgeryError(f"--classes must be >= 0 (got {num_classes})")
-    # cheap checks first: data and plan errors before loading the model
-    texts = load_texts(data, data_dir=data_dir, limit=limit, seed=seed)
+    for name, value in (("--limit", limit), ("--batch-size", batch_size), ("--max-length", max_length)):
+        if value < 1:
+            raise SurgeryError(f"{name} must be >= 1 (got {value})")
     if plan_text is not None:
         from surgery.plan import load_plan
 
         load_plan(plan_text)
-    loaded, tokenizer = load_model_and_tokenizer(model, dtype=dtype, revision=revision)
+    ref, _, _ = check_loadable(model, revision=revision, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    from surgery.analysis.texts import load_texts
+
+    texts = load_texts(data, data_dir=data_dir, limit=limit, seed=seed)
+    from surgery.analysis.plots import plot_heatmap, plot_layer_stats
+    from surgery.analysis.report import FILES, write_result
+    from surgery.analysis.similarity import compute_similarity, suggest_layer_classes
+    from surgery.io.loading import load_model_and_tokenizer
+
+    loaded, tokenizer = load_model_and_tokenizer(
+        model, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    )
     checkpoint_plan = _checkpoint_plan(model)
     source_steps = checkpoint_plan.get("steps") if checkpoint_plan else None
     result = compute_similarity(
@@ -157,7 +135,7 @@ def similarity(
     classes = suggest_layer_classes(result.matrix, num_classes) if 0 < num_classes <= result.size else None
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = _model_name(model)
+    name = ref.name
     plans = [f"model plan {checkpoint_plan['canonical']}"] if checkpoint_plan else []
     plans += [f"plan {result.plan}"] if result.plan else []
     subtitle = " + ".join(plans) if plans else "no plan"
@@ -172,9 +150,6 @@ def similarity(
         out_dir / FILES["variance"],
         title=f"Hidden-state statistics per layer\n{name} ({subtitle})",
     )
-    np.save(out_dir / FILES["matrix_npy"], result.matrix)
-    matrix_record = {"labels": result.labels, "matrix": np.round(result.matrix, 6).tolist()}
-    (out_dir / FILES["matrix_json"]).write_text(json.dumps(matrix_record) + "\n")
     record = {
         "surgery_version": __version__,
         "analysis": "layer similarity (Transformer Layers as Painters, §3.1 Fig 3, A.3 Fig 14, A.4 Fig 15)",
@@ -198,9 +173,8 @@ def similarity(
         "texts_available": texts.available,
         "hidden_states": result.to_dict(),
         "layer_classes": classes.to_dict(result.labels) if classes else None,
-        "files": FILES,
     }
-    (out_dir / FILES["summary"]).write_text(json.dumps(record, indent=2) + "\n")
+    write_result(out_dir, result, record)
     if not quiet:
         click.echo(
             f"similarity of {result.size} hidden states ({result.executed}) over {result.num_tokens} tokens "

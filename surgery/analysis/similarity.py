@@ -37,18 +37,16 @@ right padding the real tokens of a causal model see exactly what they would see 
 from __future__ import annotations
 
 import inspect
-import json
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from surgery.architectures import arch_for
+from surgery.architectures import arch_for, arch_for_config
 from surgery.errors import SurgeryError
 from surgery.inmemory import find_layer_list, planned
 from surgery.plan import ExecutionPlan, LayerPlan
@@ -153,44 +151,6 @@ class SimilarityResult:
 
 def _floats(values: np.ndarray) -> list[float | None]:
     return [None if np.isnan(value) else float(value) for value in values]
-
-
-def read_result(directory: str | Path) -> SimilarityResult:
-    """Read back the result a ``surgery similarity`` run wrote to ``directory`` (to re-plot or compare runs).
-
-    Uses ``matrix.npy`` when present, else the rounded ``matrix.json``.
-    """
-    directory = Path(directory)
-    try:
-        summary = json.loads((directory / "similarity.json").read_text())
-        if (directory / "matrix.npy").is_file():
-            matrix = np.load(directory / "matrix.npy")
-        else:  # matrix.json holds it rounded to 6 decimals
-            matrix = np.array(json.loads((directory / "matrix.json").read_text())["matrix"], dtype=np.float64)
-    except (OSError, ValueError, KeyError) as exc:
-        raise SurgeryError(f"no similarity result in {directory}: {exc}") from None
-    hidden = summary["hidden_states"]
-
-    def array(key: str) -> np.ndarray:
-        return np.array([np.nan if value is None else value for value in hidden[key]], dtype=np.float64)
-
-    return SimilarityResult(
-        matrix=matrix,
-        variance=array("variance"),
-        mean_norm=array("mean_norm"),
-        variance_text=array("variance_text_tokens"),
-        mean_norm_text=array("mean_norm_text_tokens"),
-        steps=[tuple(step) for step in hidden["steps"]],
-        num_texts=hidden["texts"],
-        num_tokens=hidden["tokens"],
-        num_special_tokens=hidden["special_tokens"],
-        num_truncated=hidden["truncated_texts"],
-        max_length=hidden["max_length"],
-        final_norm_applied=hidden["final_norm_applied"],
-        exclude_special_tokens=hidden["exclude_special_tokens"],
-        plan=summary["config"].get("plan_canonical"),
-        executed=hidden["executed"],
-    )
 
 
 class _Sums:
@@ -315,9 +275,9 @@ def compute_similarity(
     from tqdm.auto import tqdm
 
     if batch_size < 1:
-        raise SurgeryError(f"--batch-size must be >= 1 (got {batch_size})")
+        raise SurgeryError(f"batch_size must be >= 1 (got {batch_size})")
     if max_length < 1:
-        raise SurgeryError(f"--max-length must be >= 1 (got {max_length})")
+        raise SurgeryError(f"max_length must be >= 1 (got {max_length})")
     if not texts:
         raise SurgeryError("no texts to analyse")
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -330,7 +290,7 @@ def compute_similarity(
     backbone = _backbone(model)
     extra_kwargs = {"use_cache": False} if "use_cache" in inspect.signature(backbone.forward).parameters else {}
     sums = _Sums()
-    normed = None
+    normed = arch_for_config(model.config.to_dict()).final_norm is not None  # BERT (post-LN) has none
     with _executed(model, plan) as (layers, steps, execution):
         for batch in tqdm(batches, desc="similarity", unit="batch", file=sys.stderr, disable=not progress):
             width = len(encoded[batch[0]][0])
@@ -349,8 +309,6 @@ def compute_similarity(
             if len(states) != len(steps) + 1:
                 raise RuntimeError(f"recorded {len(states)} hidden states for {len(steps)} steps")
             last = out[0] if isinstance(out, tuple) else out.last_hidden_state
-            if normed is None:
-                normed = not torch.equal(last, states[-1])  # False when the architecture has no final norm
             if final_norm:
                 states[-1] = last
             sums.add(states, counted.to(device), special.to(device))

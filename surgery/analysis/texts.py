@@ -14,14 +14,13 @@ string per line) or ``.txt`` (one text per non-empty line).
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from surgery.errors import SurgeryError
+from surgery.io.data_dir import DATA_DIR_ENV, resolve_data_dir
 
-DATA_DIR_ENV = "SURGERY_DATA_DIR"
 LAMBADA_FILE = Path("lambada") / "lambada_test.jsonl"
 LAMBADA_HUB = ("EleutherAI/lambada_openai", "default", "test")
 HOW_TO_SUPPLY = (
@@ -47,7 +46,7 @@ def load_texts(data: str, *, data_dir: str | Path | None = None, limit: int | No
     ``random.Random(seed).sample`` (kept in file order). Raises :class:`SurgeryError` when nothing is reachable.
     """
     if limit is not None and limit < 1:
-        raise SurgeryError(f"--limit must be >= 1 (got {limit})")
+        raise SurgeryError(f"limit must be >= 1 (got {limit})")
     if data.lower() == "lambada":
         texts, location = _lambada(data_dir)
         source = "lambada"
@@ -68,13 +67,6 @@ def load_texts(data: str, *, data_dir: str | Path | None = None, limit: int | No
             chosen = sorted(random.Random(seed).sample(range(available), limit))
             texts = [texts[index] for index in chosen]
     return Texts(texts=texts, source=source, location=location, available=available)
-
-
-def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
-    """``data_dir`` if given, else ``$SURGERY_DATA_DIR`` if set, else ``None`` (no silent relative default)."""
-    if data_dir is None:
-        data_dir = os.environ.get(DATA_DIR_ENV) or None
-    return None if data_dir is None else Path(data_dir).expanduser()
 
 
 def _lambada(data_dir: str | Path | None) -> tuple[list[str], str]:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
 
+from surgery.cli_options import data_dir_option, dtype_option, model_loading_options, plan_option
 from surgery.evaluation.tasks import BENCHMARKS
-
-PLAN_HELP = (
-    "Layer plan applied in memory (no checkpoint written), e.g. 'skip:13-19', 'reverse:8-23', "
-    "'parallel:8-23x3', or a YAML plan file. Default: the unmodified model."
-)
 
 
 def _limit(ctx, param, value: str | None) -> int | float | None:
@@ -21,6 +18,8 @@ def _limit(ctx, param, value: str | None) -> int | float | None:
         number = float(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise click.BadParameter(f"{value!r} is not a finite number")
     if number <= 0:
         raise click.BadParameter("must be positive")
     return number if number < 1 else int(number)
@@ -28,7 +27,7 @@ def _limit(ctx, param, value: str | None) -> int | float | None:
 
 @click.command(name="eval")
 @click.argument("model")
-@click.option("--plan", "plan_text", help=PLAN_HELP)
+@plan_option(what="applied in memory (no checkpoint written)")
 @click.option(
     "--tasks",
     default=",".join(BENCHMARKS),
@@ -40,13 +39,7 @@ def _limit(ctx, param, value: str | None) -> int | float | None:
     callback=_limit,
     help="Evaluate only the first N items of each task (a fraction if < 1), as lm-eval's --limit.",
 )
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    envvar="SURGERY_DATA_DIR",
-    help="Local benchmark files laid out like shared/data (lambada/, arc/, hellaswag/, winogrande/, gsm8k/) "
-    "instead of the Hub datasets lm-eval downloads. Env: SURGERY_DATA_DIR.",
-)
+@data_dir_option("lambada/, arc/, hellaswag/, winogrande/, gsm8k/ as in shared/data")
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--output", type=click.Path(path_type=Path), help="Write the results JSON here.")
 @click.option(
@@ -67,9 +60,9 @@ def _limit(ctx, param, value: str | None) -> int | float | None:
     help="lm-eval's bootstrap iterations for the perplexity stderr (0 disables all stderrs).",
 )
 @click.option("--seed", type=int, help="One seed for python/numpy/torch/few-shot sampling (default: lm-eval's).")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
+@dtype_option()
 @click.option("--device", help="torch device (default: cuda if available, else cpu).")
-@click.option("--revision", help="Hub revision when MODEL is a Hub id.")
+@model_loading_options
 def eval_command(
     model,
     plan_text,
@@ -85,6 +78,8 @@ def eval_command(
     dtype,
     device,
     revision,
+    trust_remote_code,
+    allow_pickle,
 ):
     """Score MODEL (Hub id, local directory incl. `surgery apply` outputs, or .gguf) on the paper's benchmarks.
 
@@ -92,6 +87,30 @@ def eval_command(
     in memory, prints a table and optionally writes JSON. With --baseline (the full model's JSON) it adds
     the paper's normalized score: per task 0 = chance, 1 = full model; the median over tasks.
     """
+    from surgery.extras import require_extra
+    from surgery.fileio import check_writable_file
+    from surgery.io.data_dir import resolve_data_dir
+    from surgery.io.loading import check_loadable
+
+    # every argument is checked before lm-eval and torch are imported
+    require_extra("eval", "eval", ("lm_eval", "datasets", "numpy"))
+    from surgery.evaluation.tasks import parse_tasks, resolve_local
+
+    benchmarks = parse_tasks(tasks)
+    data_dir = resolve_data_dir(data_dir)
+    if data_dir is not None:
+        resolve_local(benchmarks, data_dir)  # every task's files present (converted once, cached)
+    if output is not None:
+        check_writable_file(output, "--output")
+    if plan_text is not None:
+        from surgery.plan import load_plan
+
+        load_plan(plan_text)
+    if baseline is not None:
+        from surgery.evaluation.harness import load_results
+
+        load_results(baseline)
+    check_loadable(model, revision=revision, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     from surgery.evaluation.harness import evaluate
     from surgery.evaluation.report import format_results, write_json
 
@@ -109,6 +128,8 @@ def eval_command(
         device=device,
         revision=revision,
         baseline=baseline,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
     )
     click.echo(format_results(payload))
     if output is not None:

@@ -22,11 +22,11 @@ import bz2
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from surgery.errors import SurgeryError
+from surgery.fileio import atomic_write_text
 
 ENV_CACHE = "SURGERY_CACHE_DIR"
 
@@ -142,16 +142,8 @@ def _digest(paths: Iterable[Path]) -> str:
 
 
 def write_jsonl_atomic(rows: Iterable[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Rows as JSON lines, written atomically (a cache file is never seen half-written)."""
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def converted(name: str, sources: list[Path], convert: Callable[[], list[dict]], cache_dir: Path | None = None) -> Path:

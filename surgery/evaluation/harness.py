@@ -30,6 +30,7 @@ from surgery.evaluation.tasks import (
     resolve_local,
     write_task_yamls,
 )
+from surgery.io.data_dir import resolve_data_dir
 
 # lm-eval's own defaults (lm_eval.simple_evaluate / the lm_eval CLI)
 LM_EVAL_SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234, "fewshot_random_seed": 1234}
@@ -48,21 +49,23 @@ def seeds_for(seed: int | None) -> dict[str, int]:
 
 @contextmanager
 def _without_env_info() -> Iterator[None]:
-    """Skip ``simple_evaluate``'s environment report (torch's collect_env: seconds per call; sweeps run hundreds).
+    """Skip ``simple_evaluate``'s environment report and its ``git describe`` of the working directory.
 
-    It only adds ``pretty_env_info`` and similar keys to the results; scores are untouched.
+    The report (torch's collect_env) costs seconds per call and sweeps run hundreds; ``git describe`` describes
+    whatever repository the user stands in (and prints ``fatal: not a git repository`` outside one). Both only
+    add keys (``pretty_env_info``, ``git_hash``) to the results; scores are untouched.
     """
     import lm_eval.evaluator as evaluator
 
-    original = getattr(evaluator, "add_env_info", None)
-    if original is None:
-        yield
-        return
-    evaluator.add_env_info = lambda results: None
+    patches = {"add_env_info": lambda results: None, "get_git_commit_hash": lambda: None}
+    originals = {name: getattr(evaluator, name) for name in patches if hasattr(evaluator, name)}
+    for name in originals:
+        setattr(evaluator, name, patches[name])
     try:
         yield
     finally:
-        evaluator.add_env_info = original
+        for name, original in originals.items():
+            setattr(evaluator, name, original)
 
 
 class TaskSet:
@@ -80,8 +83,9 @@ class TaskSet:
         self.benchmarks: list[Benchmark] = parse_tasks(tasks)
         self.local: dict[str, LocalTask] | None = None
         self._yaml_dir = None
+        data_dir = resolve_data_dir(data_dir)
         if data_dir is not None:
-            self.local = resolve_local(self.benchmarks, Path(data_dir), Path(cache_dir) if cache_dir else None)
+            self.local = resolve_local(self.benchmarks, data_dir, Path(cache_dir) if cache_dir else None)
             self._yaml_dir = tempfile.TemporaryDirectory(prefix="surgery-eval-tasks-")
             write_task_yamls(self.local, Path(self._yaml_dir.name))
             self.task_manager = TaskManager(include_path=self._yaml_dir.name, include_defaults=False)
@@ -224,6 +228,8 @@ def evaluate(
     revision: str | None = None,
     baseline: str | Path | None = None,
     log_samples: bool = False,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """``surgery eval`` as a function: load MODEL, apply ``plan`` in memory, run the tasks; returns the payload."""
     import torch
@@ -233,11 +239,17 @@ def evaluate(
     from surgery.evaluation.report import build_payload
     from surgery.inmemory import resolve_for_model
     from surgery.io.loading import load_model_and_tokenizer
+    from surgery.io.model_ref import ModelRef
     from surgery.plan import load_plan
 
+    ref = ModelRef.parse(model, revision)
     baseline_payload = load_results(baseline) if baseline is not None else None
+    if plan is not None:
+        load_plan(plan)
     taskset = TaskSet(tasks, data_dir=data_dir)
-    loaded, tokenizer = load_model_and_tokenizer(model, dtype=dtype, revision=revision)
+    loaded, tokenizer = load_model_and_tokenizer(
+        ref, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    )
     if not hasattr(loaded, "generate"):
         raise SurgeryError(f"{model} is not a generative (causal LM) model; these benchmarks need one")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

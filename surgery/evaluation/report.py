@@ -21,6 +21,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from surgery.fileio import atomic_write_text, format_table
+
 LM_EVAL_KEYS = ("results", "versions", "n-shot", "higher_is_better", "n-samples")
 
 
@@ -50,24 +52,13 @@ def _clean(value: Any) -> Any:
 
 
 def write_json(payload: dict[str, Any], path: Path) -> None:
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(payload), indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(Path(path), json.dumps(_clean(payload), indent=2) + "\n")
 
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if math.isfinite(value) else str(value)
     return "-" if value is None else str(value)
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(line.rstrip() for line in out)
 
 
 def format_results(payload: dict[str, Any]) -> str:
@@ -99,7 +90,7 @@ def format_results(payload: dict[str, Any]) -> str:
                 ]
             )
             first = False
-    text = _table(["task", "metric", "value", "stderr", "chance", "n", "data"], rows)
+    text = format_table(["task", "metric", "value", "stderr", "chance", "n", "data"], rows)
     notes = [f"{task}: {info['note']}" for task, info in data.items() if info.get("note")]
     if notes:
         text += "\n\n" + "\n".join(f"note: {n}" for n in notes)
@@ -115,7 +106,7 @@ def format_normalized(normalized: dict[str, Any]) -> str:
         for task, e in normalized["tasks"].items()
     ]
     text = f"normalized score vs {normalized.get('baseline', 'baseline')} (0 = chance, 1 = full model)\n"
-    text += _table(["task", "metric", "variant", "full", "chance", "normalized"], rows)
+    text += format_table(["task", "metric", "variant", "full", "chance", "normalized"], rows)
     text += f"\nmedian normalized score: {_fmt(normalized['median'])} over {normalized['num_tasks']} task(s)"
     for task, e in normalized["tasks"].items():
         ppl = e.get("perplexity")

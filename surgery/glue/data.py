@@ -16,14 +16,13 @@ of the same pairs; scores on the two are close but not identical.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from surgery.errors import SurgeryError
+from surgery.io.data_dir import DATA_DIR_ENV, resolve_data_dir
 
 HUB_DATASET = "nyu-mll/glue"
-DATA_DIR_ENV = "SURGERY_DATA_DIR"
 SPLIT_FILES = {"train": "train.tsv", "validation": "dev.tsv"}
 
 
@@ -185,22 +184,10 @@ class TaskData:
     source: str  # the local folder, or ``hub:nyu-mll/glue/<task>``
 
 
-def data_dir_from(data_dir: str | Path | None) -> Path | None:
-    """``--data-dir``, else ``$SURGERY_DATA_DIR``, else None (Hub only); a given directory must exist."""
-    value = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
-    if value is None:
-        return None
-    path = Path(value).expanduser()
-    if not path.is_dir():
-        origin = "--data-dir" if data_dir is not None else f"${DATA_DIR_ENV}"
-        raise SurgeryError(f"{origin} {value} is not a directory")
-    return path
-
-
 def load_task(name: str, data_dir: str | Path | None = None) -> TaskData:
     """Train and validation examples of GLUE task ``name``: local files first, else the Hub."""
     spec = TASKS[name]
-    root = data_dir_from(data_dir)
+    root = resolve_data_dir(data_dir)
     folder = find_local(spec, root) if root is not None else None
     if folder is not None:
         return TaskData(spec, read_local(spec, folder, "train"), read_local(spec, folder, "validation"), str(folder))

@@ -82,10 +82,3 @@ def task_score(task: str, metrics: dict[str, float]) -> float:
     """The number a task contributes to the average: its metric, or the mean of its two metrics."""
     values = [metrics[name] for name in TASK_METRICS[task]]
     return sum(values) / len(values)
-
-
-def glue_average(scores: dict[str, float]) -> float:
-    """The paper's BERT aggregate: the unnormalized mean of the task scores."""
-    if not scores:
-        raise ValueError("no task scores to average")
-    return sum(scores.values()) / len(scores)

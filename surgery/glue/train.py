@@ -28,7 +28,6 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from surgery.errors import SurgeryError
@@ -57,6 +56,9 @@ class GlueConfig:
     max_grad_norm: float = 1.0
     eval_batch_size: int = 64
     data_dir: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -65,10 +67,10 @@ class GlueConfig:
             self.lr = DEFAULT_LR[self.mode]
         for name in ("epochs", "batch_size", "max_length", "eval_batch_size"):
             if getattr(self, name) < 1:
-                raise SurgeryError(f"{name.replace('_', '-')} must be at least 1")
+                raise SurgeryError(f"{name} must be at least 1")
         for name in ("max_train", "max_eval"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise SurgeryError(f"{name.replace('_', '-')} must be at least 1")
+                raise SurgeryError(f"{name} must be at least 1")
         if not self.lr > 0:
             raise SurgeryError("lr must be positive")
 
@@ -86,15 +88,6 @@ class TaskResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def set_seed(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def subset(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
     """At most ``limit`` examples: a random sample drawn with ``seed``, in file order."""
     if limit is None or limit >= len(examples):
@@ -103,42 +96,41 @@ def subset(examples: list[Example], limit: int | None, seed: int) -> list[Exampl
     return [examples[i] for i in chosen]
 
 
-def load_classifier(model_name: str, spec: TaskSpec):
-    """``(model, tokenizer, newly_initialized_names)`` for ``spec``: a sequence classifier on ``model_name``."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+def load_classifier(config: GlueConfig, spec: TaskSpec):
+    """``(model, tokenizer, newly_initialized_names)`` for ``spec``: a sequence classifier on ``config.model``."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from surgery.architectures import arch_for
+    from surgery.io.model_ref import ModelRef, first_line, remote_code_policy
 
-    path = Path(model_name).expanduser()
-    if path.exists() and not path.is_dir():
-        raise SurgeryError(f"{model_name} is a file; MODEL must be a Hub id or a model directory")
-    if model_name.startswith((".", "/", "~")) and not path.exists():
-        raise SurgeryError(f"model path not found: {model_name}")
-    try:
-        config = AutoConfig.from_pretrained(model_name)
-    except (OSError, ValueError) as exc:
-        raise SurgeryError(f"cannot load {model_name}: {str(exc).splitlines()[0]}") from None
-    if config.model_type == "surgery":
+    ref = ModelRef.parse(config.model, config.revision)
+    if ref.kind == "gguf":
+        raise SurgeryError(f"`surgery glue` fine-tunes encoder models (BERT); {config.model} is a GGUF file")
+    model_config = ref.read_config()
+    if model_config.get("model_type") == "surgery":
         raise SurgeryError(
-            f"{model_name} is a surgery checkpoint; run `surgery glue` on its source model with --plan instead"
+            f"{config.model} is a surgery checkpoint; run `surgery glue` on its source model with --plan instead"
         )
-    if arch_for(config.model_type).generative:
+    if arch_for(model_config.get("model_type")).generative:
         raise SurgeryError(
-            f"`surgery glue` fine-tunes encoder models (BERT); {model_name} is a {config.model_type} decoder"
+            f"`surgery glue` fine-tunes encoder models (BERT); {config.model} is a {model_config['model_type']} decoder"
         )
-    kwargs: dict[str, Any] = {"num_labels": spec.num_labels}
+    trust = remote_code_policy(ref, model_config, config.trust_remote_code)
+    ref.check_pickle(config.allow_pickle)
+    location, location_kwargs = ref.pretrained_args(allow_pickle=config.allow_pickle)
+    kwargs: dict[str, Any] = {"num_labels": spec.num_labels, "trust_remote_code": trust, **location_kwargs}
     if spec.regression:
         kwargs["problem_type"] = "regression"
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized" warning is expected: we record it instead
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            model_name, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
+            location, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
         )
-        tokenizer = AutoTokenizer.from_pretrained(model_name)
-    except OSError as exc:
-        raise SurgeryError(f"cannot load {model_name}: {str(exc).splitlines()[0]}") from None
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust, revision=ref.revision)
+    except (OSError, ValueError) as exc:
+        raise SurgeryError(f"cannot load {config.model}: {first_line(exc)}") from exc
     finally:
         hf_logging.set_verbosity(verbosity)
     new = sorted({*info.get("missing_keys", ()), *(key for key, *_ in info.get("mismatched_keys", ()))})
@@ -286,8 +278,10 @@ def run_task(
     eval_examples = subset(data.validation, config.max_eval, EVAL_SUBSET_SEED)
     if not train_examples or not eval_examples:
         raise SurgeryError(f"GLUE task {task}: no training or evaluation examples in {data.source}")
+    from transformers import set_seed
+
     set_seed(config.seed)
-    model, tokenizer, new = model_and_tokenizer or load_classifier(config.model, spec)
+    model, tokenizer, new = model_and_tokenizer or load_classifier(config, spec)
     trainable = trainable_names(model, config.mode, new)
     freeze(model, trainable)
     train_data = Encoded(tokenizer, train_examples, config.max_length, spec.regression)
@@ -313,14 +307,15 @@ def run_task(
 
 def build_report(config: GlueConfig, results: list[TaskResult]) -> dict[str, Any]:
     """The results JSON: ``config``, ``results.<task>.<metric>`` (+ ``score``), ``average`` and ``details``."""
-    from surgery.glue.metrics import TASK_METRICS, glue_average
+    from surgery.evaluation.normalize import unnormalized_average
+    from surgery.glue.metrics import TASK_METRICS
 
     scores = {result.task: result.score for result in results}
     return {
         "config": {**config.record(), "tasks": list(scores)},
         "results": {result.task: {**result.metrics, "score": result.score} for result in results},
         "average": {
-            "score": glue_average(scores),
+            "score": unnormalized_average(scores),
             "tasks": list(scores),
             "task_metrics": {task: list(TASK_METRICS[task]) for task in scores},
             "definition": "unnormalized mean over tasks of each task's score: its GLUE metric, or for two-metric "

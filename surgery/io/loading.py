@@ -1,55 +1,63 @@
 """Load a model + tokenizer for in-memory work (analysis, evaluation): Hub id, local directory or GGUF file.
 
-Outputs of ``surgery apply`` are local directories; those using the surgery class need
-``trust_remote_code=True``, which is passed for local directories only.
+MODEL is parsed by :class:`~surgery.io.model_ref.ModelRef`. Code shipped with a model (``auto_map``) runs only
+with ``trust_remote_code=True`` from the user, or for ``surgery apply`` outputs whose modeling files are
+byte-identical to this package's (see :func:`~surgery.io.model_ref.remote_code_policy`); pickle weights load
+only with ``allow_pickle=True``.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from typing import Any
 
 from surgery.architectures import arch_for
 from surgery.errors import SurgeryError
+from surgery.io.model_ref import ModelRef, first_line, remote_code_policy
 
 
-def load_model_and_tokenizer(model: str, *, dtype: str = "float32", revision: str | None = None):
+def source_model_type(config: dict[str, Any]) -> str | None:
+    """The architecture of the stored layers: ``source_model_type`` for surgery checkpoints, else ``model_type``."""
+    return config.get("source_model_type") or config.get("model_type")
+
+
+def check_loadable(
+    model: str | ModelRef, *, revision: str | None = None, trust_remote_code: bool = False, allow_pickle: bool = False
+) -> tuple[ModelRef, dict[str, Any], bool]:
+    """Everything about MODEL that can be refused before loading: path, config, architecture, code, pickles.
+
+    Returns ``(ref, config, trust)`` where ``trust`` is the ``trust_remote_code`` value to pass to transformers.
+    Commands call it first, so a refusal comes in well under a second, before torch is imported.
+    """
+    ref = model if isinstance(model, ModelRef) else ModelRef.parse(model, revision)
+    config = ref.read_config()
+    arch_for(source_model_type(config))
+    trust = remote_code_policy(ref, config, trust_remote_code)
+    ref.check_pickle(allow_pickle)
+    return ref, config, trust
+
+
+def load_model_and_tokenizer(
+    model: str | ModelRef,
+    *,
+    dtype: str = "float32",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+):
     """Return ``(model, tokenizer)`` in eval mode. Generative sources load as causal LMs, encoders as base models."""
+    ref, config, trust = check_loadable(
+        model, revision=revision, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    )
+    spec = arch_for(source_model_type(config))
     import torch
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = getattr(torch, dtype)
-    path = Path(model).expanduser()
-    if model.endswith(".gguf"):
-        if not path.is_file():
-            raise SurgeryError(f"model path not found: {model}")
-        kwargs = {"gguf_file": path.name}
-        location, generative = str(path.parent), True
-    elif path.is_dir():
-        config_path = path / "config.json"
-        if not config_path.is_file():
-            raise SurgeryError(f"no config.json in model directory {path}")
-        config = json.loads(config_path.read_text())
-        model_type = config.get("source_model_type") or config.get("model_type")
-        generative = arch_for(model_type).generative
-        kwargs = {"trust_remote_code": True}
-        location = str(path)
-    else:
-        if model.startswith((".", "/", "~")) or path.exists():
-            raise SurgeryError(f"model path not found: {model}")
-        from transformers import AutoConfig
-
-        try:
-            config = AutoConfig.from_pretrained(model, revision=revision)
-        except OSError as exc:
-            raise SurgeryError(f"model not found: {model!r} ({str(exc).splitlines()[0]})") from None
-        generative = arch_for(config.model_type).generative
-        kwargs = {"revision": revision}
-        location = model
-    auto = AutoModelForCausalLM if generative else AutoModel
+    location, kwargs = ref.pretrained_args(allow_pickle=allow_pickle)
+    auto = AutoModelForCausalLM if spec.generative else AutoModel
     try:
-        loaded = auto.from_pretrained(location, dtype=torch_dtype, **kwargs).eval()
-        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-    except OSError as exc:
-        raise SurgeryError(f"cannot load {model}: {str(exc).splitlines()[0]}") from None
+        loaded = auto.from_pretrained(location, dtype=getattr(torch, dtype), trust_remote_code=trust, **kwargs).eval()
+        kwargs.pop("use_safetensors", None)
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust, **kwargs)
+    except (OSError, ValueError) as exc:  # transformers' errors for an unusable model folder
+        raise SurgeryError(f"cannot load {ref.given}: {first_line(exc)}") from exc
     return loaded, tokenizer

@@ -7,7 +7,6 @@ pickle-only checkpoints are converted (only with ``allow_pickle``) into a tempor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -16,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from surgery.errors import SurgeryError
+from surgery.fileio import sha256_file
+from surgery.io.model_ref import PICKLE_GLOBS, ModelRef, first_line
+from surgery.io.safetensors_stream import read_index
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -29,7 +31,6 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
 
@@ -56,20 +57,10 @@ class SourceModel:
         self.cleanup()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def safetensors_files(directory: Path) -> list[Path]:
-    """Weight files of a checkpoint directory, in index order when sharded."""
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [directory / name for name in dict.fromkeys(weight_map.values())]
+    """Weight files of a checkpoint directory, in index order when sharded (the index is validated)."""
+    if (directory / "model.safetensors.index.json").is_file():
+        return read_index(directory)
     single = directory / "model.safetensors"
     if single.is_file():
         return [single]
@@ -77,7 +68,7 @@ def safetensors_files(directory: Path) -> list[Path]:
 
 
 def _pickle_files(directory: Path) -> list[Path]:
-    return sorted(directory.glob("pytorch_model*.bin")) + sorted(directory.glob("*.pt"))
+    return [path for pattern in PICKLE_GLOBS for path in sorted(directory.glob(pattern))]
 
 
 def _convert_pickle(directory: Path, files: list[Path], tmp: Path) -> list[Path]:
@@ -207,11 +198,34 @@ def _from_gguf(given: str, path: Path) -> SourceModel:
         tokenizer.save_pretrained(out)
         _drop_gguf_vocab_copy(out)
         _save_generation_config(path, config, out)
-    except Exception as exc:  # transformers / gguf raise many types for unreadable GGUF files
+    except BaseException as exc:
         tmp.cleanup()
-        raise SurgeryError(f"cannot read GGUF file {path}: {str(exc).splitlines()[0]}") from None
-    provenance = {"source": str(path.resolve()), "kind": "gguf", "sha256": sha256_file(path)}
+        if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: clean up and go
+            raise
+        # transformers / gguf raise many types for unreadable GGUF files
+        raise SurgeryError(f"cannot read GGUF file {path}: {first_line(exc)}") from exc
+    provenance = {"source": str(path.resolve()), "kind": "gguf", "sha256": sha256_file(path), **_gguf_origin(path)}
     return SourceModel(given, out, "gguf", safetensors_files(out), provenance, tmp)
+
+
+GGUF_REPO_KEYS = ("general.source.huggingface.repository", "general.base_model.0.repo_url", "general.source.url")
+
+
+def _gguf_origin(path: Path) -> dict[str, str]:
+    """What a GGUF file's metadata says about its origin: its name and, when recorded, the Hub repository."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+    out = {}
+    for key, name in (("general.name", "gguf_name"), ("general.organization", "gguf_organization")):
+        if key in fields:
+            out[name] = bytes(fields[key].parts[-1]).decode(errors="replace")
+    for key in GGUF_REPO_KEYS:
+        if key in fields:
+            value = bytes(fields[key].parts[-1]).decode(errors="replace")
+            out["gguf_repo"] = value.removeprefix("https://huggingface.co/")
+            break
+    return out
 
 
 def _save_generation_config(path: Path, config, out: Path) -> None:
@@ -241,20 +255,14 @@ def _from_hub(given: str, revision: str | None, allow_pickle: bool) -> SourceMod
     return source
 
 
-def resolve_source(model: str, *, revision: str | None = None, allow_pickle: bool = False) -> SourceModel:
+def resolve_source(model: str | ModelRef, *, revision: str | None = None, allow_pickle: bool = False) -> SourceModel:
     """Resolve MODEL (directory, ``.gguf`` file, or Hub id) to a :class:`SourceModel`. Call ``cleanup()`` after."""
-    path = Path(model).expanduser()
-    if model.endswith(".gguf"):
-        if not path.is_file():
-            raise SurgeryError(f"model path not found: {model}")
-        return _from_gguf(model, path)
-    if path.is_dir():
-        return _from_directory(model, path, allow_pickle)
-    if path.exists():
-        raise SurgeryError(f"not a model directory or .gguf file: {model}")
-    if model.startswith((".", "/", "~")) or not _HUB_ID.match(model):
-        raise SurgeryError(f"model path not found: {model}")
-    return _from_hub(model, revision, allow_pickle)
+    ref = model if isinstance(model, ModelRef) else ModelRef.parse(model, revision)
+    if ref.kind == "gguf":
+        return _from_gguf(ref.given, ref.path)
+    if ref.kind == "directory":
+        return _from_directory(ref.given, ref.path, allow_pickle)
+    return _from_hub(ref.given, ref.revision, allow_pickle)
 
 
 def copy_side_files(source: Path, out_dir: Path) -> list[str]:
@@ -265,33 +273,3 @@ def copy_side_files(source: Path, out_dir: Path) -> list[str]:
             shutil.copy2(source / name, out_dir / name)
             copied.append(name)
     return copied
-
-
-def read_source_config(model: str, revision: str | None = None) -> dict:
-    """Read only MODEL's config (``model_type``, ``num_hidden_layers``, ...), touching no weights."""
-    path = Path(model).expanduser()
-    if model.endswith(".gguf"):
-        if not path.is_file():
-            raise SurgeryError(f"model path not found: {model}")
-        from gguf import GGUFReader
-
-        try:
-            reader = GGUFReader(str(path))
-            arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
-            blocks = int(reader.fields[f"{arch}.block_count"].parts[-1][0])
-        except Exception as exc:  # gguf raises many types for unreadable files
-            raise SurgeryError(f"cannot read GGUF file {path}: {str(exc).splitlines()[0]}") from None
-        return {"model_type": arch, "num_hidden_layers": blocks}
-    if path.is_dir():
-        config_path = path / "config.json"
-        if not config_path.is_file():
-            raise SurgeryError(f"no config.json in model directory {path}")
-        return json.loads(config_path.read_text())
-    if model.startswith((".", "/", "~")) or not _HUB_ID.match(model) or path.exists():
-        raise SurgeryError(f"model path not found: {model}")
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return json.loads(Path(hf_hub_download(model, "config.json", revision=revision)).read_text())
-    except Exception as exc:  # network / auth / missing repo
-        raise SurgeryError(f"model not found: {model!r} ({str(exc).splitlines()[0]})") from None

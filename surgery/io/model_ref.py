@@ -1,0 +1,234 @@
+"""One parser for every MODEL argument: a Hub id, a local checkpoint directory or a ``.gguf`` file.
+
+:meth:`ModelRef.parse` decides what MODEL names without touching the network; every command (``apply``,
+``plan show``, ``similarity``, ``eval``, ``glue``, ...) goes through it, so the rules are the same everywhere:
+
+* ends with ``.gguf``: a GGUF file, which must exist;
+* an existing directory: a checkpoint, which must hold ``config.json``;
+* another existing path (a file): refused;
+* looks like a path (``.``, ``/``, ``~``) or is not a valid Hub id: "model path not found";
+* otherwise a Hub id (``owner/name``), with ``--revision`` to pin a branch, tag or commit.
+
+It also owns the consent rules for running code from a model folder (:func:`remote_code_policy`) and for
+pickle weights (:meth:`ModelRef.check_pickle`), so no command can forget them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from surgery.errors import SurgeryError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+PICKLE_GLOBS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a MODEL argument names: ``kind`` is ``"directory"``, ``"gguf"`` or ``"hub"``."""
+
+    given: str
+    kind: str
+    path: Path | None = None  # the directory or the .gguf file (local kinds)
+    repo_id: str | None = None  # hub kind
+    revision: str | None = None
+
+    @classmethod
+    def parse(cls, text: str, revision: str | None = None) -> ModelRef:
+        """Classify ``text``; raises :class:`SurgeryError` for a missing path. No network access."""
+        if not isinstance(text, str) or not text.strip():
+            raise SurgeryError("MODEL is empty; give a Hub id, a model directory or a .gguf file")
+        path = Path(text).expanduser()
+        try:
+            is_dir, exists = path.is_dir(), path.exists()
+        except OSError as exc:  # a name too long, a symlink loop, ...
+            raise SurgeryError(f"cannot use model path {text!r}: {exc.strerror or exc}") from None
+        if text.endswith(".gguf"):
+            if not path.is_file():
+                raise SurgeryError(f"model path not found: {text}")
+            return cls(text, "gguf", path=path)
+        if is_dir:
+            if not (path / "config.json").is_file():
+                raise SurgeryError(f"no config.json in model directory {path}")
+            return cls(text, "directory", path=path)
+        if exists:
+            raise SurgeryError(f"not a model directory or .gguf file: {text}")
+        if text.startswith((".", "/", "~")) or not HUB_ID.match(text):
+            raise SurgeryError(f"model path not found: {text}")
+        return cls(text, "hub", repo_id=text, revision=revision)
+
+    @property
+    def name(self) -> str:
+        """A short display name: the directory's or file's name, or the Hub id."""
+        if self.kind == "gguf":
+            return self.path.stem
+        if self.kind == "directory":
+            return self.path.resolve().name
+        return self.given
+
+    def read_config(self) -> dict[str, Any]:
+        """``config.json`` as a dict (GGUF: ``model_type`` and ``num_hidden_layers`` from its metadata).
+
+        Reads no weights; a Hub id downloads ``config.json`` only.
+        """
+        if self.kind == "gguf":
+            return _gguf_config(self.path)
+        if self.kind == "directory":
+            return read_json_object(self.path / "config.json", "config.json")
+        return read_json_object(Path(self.hub_file("config.json")), f"config.json of {self.repo_id}")
+
+    def hub_file(self, name: str) -> str:
+        """Download one file of a Hub repository (the local cache path); a clear error when unreachable."""
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return hf_hub_download(self.repo_id, name, revision=self.revision)
+        except Exception as exc:  # network / auth / missing repo or file: all mean "cannot use this MODEL"
+            raise SurgeryError(f"model not found: {self.given!r} ({first_line(exc)})") from None
+
+    def local_file(self, name: str) -> Path | None:
+        """Path of file ``name`` of the checkpoint (downloaded for a Hub id), or None when it has none."""
+        if self.kind == "directory":
+            candidate = self.path / name
+            return candidate if candidate.is_file() else None
+        if self.kind == "hub":
+            from huggingface_hub import hf_hub_download
+
+            try:
+                return Path(hf_hub_download(self.repo_id, name, revision=self.revision))
+            except Exception:  # noqa: BLE001 - absent file or unreachable Hub: treated as "no such file"
+                return None
+        return None
+
+    def check_pickle(self, allow_pickle: bool) -> None:
+        """Refuse a local checkpoint with only pickle weights unless ``allow_pickle``."""
+        if self.kind != "directory" or allow_pickle:
+            return
+        if any(self.path.glob("*.safetensors")):
+            return
+        pickles = [p for pattern in PICKLE_GLOBS for p in sorted(self.path.glob(pattern))]
+        if pickles:
+            raise SurgeryError(
+                f"{self.path} has only pickle weights ({pickles[0].name}); loading pickles can run arbitrary "
+                "code. Pass --allow-pickle if you trust this model"
+            )
+
+    def pretrained_args(self, *, allow_pickle: bool = False) -> tuple[str, dict[str, Any]]:
+        """``(location, kwargs)`` for transformers' ``from_pretrained`` (GGUF file, revision, safetensors only)."""
+        if self.kind == "gguf":
+            return str(self.path.parent), {"gguf_file": self.path.name}
+        kwargs: dict[str, Any] = {} if allow_pickle else {"use_safetensors": True}
+        if self.kind == "hub":
+            return self.repo_id, {**kwargs, "revision": self.revision}
+        return str(self.path), kwargs
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON file that must hold an object; one clear error for unreadable, invalid or non-object JSON."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise SurgeryError(f"cannot read {what} ({path}): {first_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise SurgeryError(f"{what} ({path}) is not a JSON object")
+    return data
+
+
+def _gguf_config(path: Path) -> dict[str, Any]:
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+        arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+        blocks = int(reader.fields[f"{arch}.block_count"].parts[-1][0])
+    except Exception as exc:  # noqa: BLE001 - gguf raises many types for unreadable files
+        raise SurgeryError(f"cannot read GGUF file {path}: {first_line(exc)}") from None
+    return {"model_type": arch, "num_hidden_layers": blocks}
+
+
+def num_layers_of(config: dict[str, Any], given: str) -> int:
+    """The config's ``num_hidden_layers`` as a positive int (a clear error otherwise, e.g. for ``"2"``)."""
+    value = config.get("num_hidden_layers")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SurgeryError(f"config of {given} has no positive integer num_hidden_layers (got {value!r})")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------- remote code
+
+OUR_AUTO_MAP_VALUES = {
+    "configuration_surgery.SurgeryConfig",
+    "modeling_surgery.SurgeryForCausalLM",
+    "modeling_surgery.SurgeryModel",
+}
+
+
+def _auto_map_entries(ref: ModelRef, config: dict[str, Any]) -> list[str]:
+    """Every class reference in ``auto_map`` of config.json and tokenizer_config.json (what transformers runs)."""
+    entries: list[str] = []
+    sources = [config]
+    tokenizer_config = ref.local_file("tokenizer_config.json")
+    if tokenizer_config is not None:
+        try:
+            sources.append(json.loads(tokenizer_config.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, ValueError):
+            pass  # transformers will fail on it too, without running anything
+    for source in sources:
+        auto_map = source.get("auto_map") if isinstance(source, dict) else None
+        if not auto_map:
+            continue
+        values = auto_map.values() if isinstance(auto_map, dict) else [auto_map]
+        for value in values:
+            entries.extend(value if isinstance(value, (list, tuple)) else [value])
+    return [str(entry) for entry in entries if entry is not None]
+
+
+def ships_our_code(ref: ModelRef, config: dict[str, Any]) -> bool:
+    """True when the only code MODEL ships is this package's modeling files, byte for byte (sha256).
+
+    ``surgery.json`` is not evidence (anyone can write it): the files that ``auto_map`` makes transformers
+    import are hashed and compared with the ones :mod:`surgery.modeling` writes into checkpoints.
+    """
+    from surgery.fileio import sha256_file
+    from surgery.modeling import MODELING_FILES
+
+    entries = _auto_map_entries(ref, config)
+    if not entries or not set(entries) <= OUR_AUTO_MAP_VALUES:
+        return False
+    for ours in MODELING_FILES:
+        theirs = ref.local_file(ours.name)
+        if theirs is None or sha256_file(theirs) != sha256_file(ours):
+            return False
+    return True
+
+
+def remote_code_policy(ref: ModelRef, config: dict[str, Any], trust_remote_code: bool) -> bool:
+    """The ``trust_remote_code`` value to pass to transformers for MODEL.
+
+    ``True`` with the user's explicit ``--trust-remote-code``, or for a checkpoint whose only code is this
+    package's own modeling files (verified by hash). A model that ships any other code is refused with one
+    line naming it; without any ``auto_map`` nothing can run and ``False`` is passed.
+    """
+    if trust_remote_code:
+        return True
+    if ref.kind == "gguf":
+        return False
+    entries = _auto_map_entries(ref, config)
+    if not entries:
+        return False
+    if ships_our_code(ref, config):
+        return True
+    raise SurgeryError(
+        f"{ref.given} ships its own Python code (auto_map: {', '.join(sorted(set(entries)))}) that transformers "
+        "would import and run; pass --trust-remote-code if you have read it and trust it"
+    )

@@ -1,0 +1,111 @@
+"""Writing a checkpoint directory safely: refuse dangerous targets, lock, build aside, install atomically.
+
+Every command that writes a checkpoint (``apply``, later ``finetune`` and ``export``) goes through
+:func:`staged_output`::
+
+    with staged_output(out_dir, overwrite=..., protect=[source_path]) as tmp:
+        ...write every file into tmp...
+    # here out_dir holds the finished checkpoint; on any error (or Ctrl-C, SIGTERM) nothing was installed
+
+Rules: OUT_DIR may not be, contain, or lie inside a protected path (the source model), so ``--overwrite``
+can never delete the source; an exclusive ``flock`` on a lock file beside OUT_DIR makes concurrent runs to one
+OUT_DIR fail clearly instead of overwriting each other (the kernel drops it when the process dies, even by
+``kill -9``); emptiness is checked again at install time; a previous checkpoint replaced with ``--overwrite`` is
+moved aside and restored if the final rename fails.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from surgery.errors import SurgeryError
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def check_output_dir(out_dir: Path, *, overwrite: bool, protect: Iterable[Path] = ()) -> Path:
+    """Validate OUT_DIR before any work; returns it with symlinks resolved (where it will really be written)."""
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise SurgeryError(f"output path {out_dir} is a dangling symlink")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SurgeryError(f"output path exists and is not a directory: {out_dir}")
+    real = _real(out_dir)
+    if real == real.parent:
+        raise SurgeryError(f"output directory {out_dir} is the file system root")
+    if len(real.name.encode()) > 200:  # room for the temporary sibling's prefix and suffix within NAME_MAX (255)
+        raise SurgeryError(f"output directory name is too long ({len(real.name.encode())} bytes; at most 200)")
+    for path in protect:
+        source = _real(path)
+        if real == source:
+            raise SurgeryError(f"output directory {out_dir} is the source model; choose another OUT_DIR")
+        if source.is_relative_to(real):
+            raise SurgeryError(f"output directory {out_dir} contains the source model {path}; choose another OUT_DIR")
+        if real.is_relative_to(source):
+            raise SurgeryError(f"output directory {out_dir} is inside the source model {path}; choose another OUT_DIR")
+    if real.is_dir() and any(real.iterdir()) and not overwrite:
+        raise SurgeryError(f"output directory {out_dir} exists and is not empty (pass --overwrite to replace it)")
+    return real
+
+
+@contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
+    lock_path = out_dir.parent / f".{out_dir.name}.surgery-lock"
+    handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SurgeryError(f"another surgery run is writing {out_dir} right now; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+    finally:
+        handle.close()
+
+
+def _install(tmp: Path, out_dir: Path, overwrite: bool) -> None:
+    """Move the finished ``tmp`` into place; an old checkpoint is replaced only now, and restored on failure."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+        raise SurgeryError(
+            f"output directory {out_dir} was filled by another process during this run; not replaced"
+        )
+    backup = None
+    if out_dir.exists():
+        backup = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out_dir, backup)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        if backup is not None:
+            os.rename(backup, out_dir)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+@contextmanager
+def staged_output(out_dir: Path, *, overwrite: bool, protect: Iterable[Path] = ()) -> Iterator[Path]:
+    """Yield a temporary sibling of OUT_DIR to write into; install it as OUT_DIR when the block succeeds."""
+    protect = list(protect)
+    out_dir = check_output_dir(out_dir, overwrite=overwrite, protect=protect)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(out_dir):
+        check_output_dir(out_dir, overwrite=overwrite, protect=protect)  # again, now that we hold the lock
+        tmp = out_dir.parent / f".{out_dir.name}.surgery-tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            yield tmp
+            _install(tmp, out_dir, overwrite)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
