@@ -77,6 +77,8 @@ def test_hostile_auto_map_never_runs_without_consent(where, tiny_checkpoints, tm
     _one_error_line(sim, "--trust-remote-code")
     ev = _run("eval", str(model), "--tasks", "lambada_openai", "--data-dir", str(tmp_path), "--limit", "1")
     _one_error_line(ev, "--trust-remote-code")
+    glue = _run("glue", str(model), "--tasks", "rte", "--data-dir", str(tmp_path), "--output", str(tmp_path / "g.json"))
+    _one_error_line(glue, "--trust-remote-code")
     assert not marker.exists()
     assert set(tmp_path.rglob("*")) == before  # no file created anywhere by the refused commands
     # apply reads weights and JSON only: it works, runs nothing, and does not carry the auto_map over
@@ -247,6 +249,70 @@ def test_sigterm_during_apply_leaves_nothing_behind(tiny_checkpoints, tmp_path):
     stderr = proc.stderr.read()
     assert code == 143 and stderr.strip().splitlines()[-1] == "error: terminated (SIGTERM)", stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_next_run_cleans_up_after_kill_9(tiny_checkpoints, tmp_path):
+    out = tmp_path / "out"
+    apply_plan(str(tiny_checkpoints["llama"]), "skip:1", out)
+    # what a run killed between moving the old checkpoint aside and installing the new one leaves behind
+    os.rename(out, tmp_path / ".out.old-deadbeef")
+    (tmp_path / ".out.surgery-tmp-cafebabe").mkdir()
+    (tmp_path / ".out.surgery-tmp-cafebabe" / "model.safetensors").write_bytes(b"partial")
+    result = _run("apply", "-q", "--plan", "skip:2", str(tiny_checkpoints["llama"]), str(out))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and [line.split(":")[0] for line in lines] == ["note", "note", "error"]
+    assert "exists and is not empty" in lines[-1]  # the old checkpoint is back, so without --overwrite: refused
+    assert "restored the previous checkpoint" in result.stderr and "removed the temporary directory" in result.stderr
+    assert json.loads((out / "surgery.json").read_text())["plan"]["canonical"] == "skip:1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "fragment"),
+    [
+        (lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]), "safetensors"),
+        (
+            lambda path: _rewrite_header(
+                path, lambda h: h[next(iter(k for k in h if "layers.3." in k))].update(shape=[4096, 4096, 4096, 4096])
+            ),
+            "safetensors",
+        ),
+    ],
+    ids=["truncated", "4TB-claim"],
+)
+def test_corrupt_shard_fails_fast_with_nothing_left(corrupt, fragment, tiny_checkpoints, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(tiny_checkpoints["llama"], source)
+    corrupt(source / "model.safetensors")
+    out = tmp_path / "out"
+    result = _run("apply", "--plan", "skip:1", str(source), str(out), timeout=60)
+    _one_error_line(result, fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["source"]
+
+
+def test_a_layer_missing_a_tensor_is_refused(tiny_checkpoints, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_checkpoints["llama"], source)
+    tensors = load_file(source / "model.safetensors")
+    del tensors["model.layers.5.mlp.up_proj.weight"]
+    save_file(tensors, source / "model.safetensors", metadata={"format": "pt"})
+    _one_error_line(_run("apply", "--plan", "skip:1", str(source), str(tmp_path / "out")), "layer 5 lacks tensor")
+    assert not (tmp_path / "out").exists()
+
+
+def _rewrite_header(path: Path, edit) -> None:
+    """Edit a safetensors header in place (same data section), e.g. to claim another shape."""
+    import struct
+
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    edit(header)
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + raw[8 + length :])
 
 
 # --- inputs that used to give the internal-error line ---------------------------------------------------------

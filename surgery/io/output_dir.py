@@ -11,7 +11,8 @@ Rules: OUT_DIR may not be, contain, or lie inside a protected path (the source m
 can never delete the source; an exclusive ``flock`` on a lock file beside OUT_DIR makes concurrent runs to one
 OUT_DIR fail clearly instead of overwriting each other (the kernel drops it when the process dies, even by
 ``kill -9``); emptiness is checked again at install time; a previous checkpoint replaced with ``--overwrite`` is
-moved aside and restored if the final rename fails.
+moved aside and restored if the final rename fails. What a ``kill -9`` leaves (a temporary directory, a moved-aside
+checkpoint) is cleaned up or restored by the next run to the same OUT_DIR (:func:`recover_interrupted`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -93,6 +95,29 @@ def _install(tmp: Path, out_dir: Path, overwrite: bool) -> None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
+def recover_interrupted(out_dir: Path) -> list[str]:
+    """Clean up after a run killed with ``kill -9`` (no handler ran); call only while holding OUT_DIR's lock.
+
+    Its temporary directory is removed; a previous checkpoint it had moved aside (``.NAME.old-*``) just before
+    dying is moved back to OUT_DIR. Returns what was done, one line each (also printed to stderr).
+    """
+    done = []
+    for stale in sorted(out_dir.parent.glob(f".{out_dir.name}.surgery-tmp-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+        done.append(f"removed the temporary directory {stale.name} of an interrupted run")
+    backups = sorted(out_dir.parent.glob(f".{out_dir.name}.old-*"))
+    if backups and not out_dir.exists():
+        os.rename(backups[-1], out_dir)
+        done.append(f"restored the previous checkpoint {out_dir} that an interrupted run had moved aside")
+        backups = backups[:-1]
+    for backup in backups:  # superseded copies: OUT_DIR holds a complete checkpoint
+        shutil.rmtree(backup, ignore_errors=True)
+        done.append(f"removed {backup.name}, left by an interrupted run")
+    for line in done:
+        print(f"note: {line}", file=sys.stderr)
+    return done
+
+
 @contextmanager
 def staged_output(out_dir: Path, *, overwrite: bool, protect: Iterable[Path] = ()) -> Iterator[Path]:
     """Yield a temporary sibling of OUT_DIR to write into; install it as OUT_DIR when the block succeeds."""
@@ -100,6 +125,7 @@ def staged_output(out_dir: Path, *, overwrite: bool, protect: Iterable[Path] = (
     out_dir = check_output_dir(out_dir, overwrite=overwrite, protect=protect)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with _locked(out_dir):
+        recover_interrupted(out_dir)
         check_output_dir(out_dir, overwrite=overwrite, protect=protect)  # again, now that we hold the lock
         tmp = out_dir.parent / f".{out_dir.name}.surgery-tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
