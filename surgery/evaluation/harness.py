@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from surgery.errors import SurgeryError
+from surgery.evaluation.config import DEFAULT_BOOTSTRAP_ITERS
 from surgery.evaluation.tasks import (
     Benchmark,
     LocalTask,
@@ -34,7 +35,6 @@ from surgery.io.data_dir import resolve_data_dir
 
 # lm-eval's own defaults (lm_eval.simple_evaluate / the lm_eval CLI)
 LM_EVAL_SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234, "fewshot_random_seed": 1234}
-DEFAULT_BOOTSTRAP_ITERS = 100000
 
 
 def _first_line(exc: BaseException) -> str:
@@ -212,94 +212,15 @@ def _quiet_logger(name: str):
     return quiet()
 
 
-def evaluate(
-    model: str,
-    *,
-    plan: str | None = None,
-    tasks: str | list[str] | None = None,
-    data_dir: str | Path | None = None,
-    limit: int | float | None = None,
-    batch_size: int = 1,
-    max_gen_toks: int | None = None,
-    bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
-    seed: int | None = None,
-    dtype: str = "float32",
-    device: str | None = None,
-    revision: str | None = None,
-    baseline: str | Path | None = None,
-    log_samples: bool = False,
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
-) -> dict[str, Any]:
-    """``surgery eval`` as a function: load MODEL, apply ``plan`` in memory, run the tasks; returns the payload."""
-    import torch
+def evaluate(model: str, **settings: Any) -> dict[str, Any]:
+    """``surgery eval`` as a function: ``evaluate(MODEL, plan=..., tasks=..., limit=...)``; returns the payload.
 
-    from surgery import __version__
-    from surgery.evaluation.normalize import normalized_scores
-    from surgery.evaluation.report import build_payload
-    from surgery.inmemory import resolve_for_model
-    from surgery.io.loading import load_model_and_tokenizer
-    from surgery.io.model_ref import ModelRef
-    from surgery.plan import load_plan
+    ``settings`` are the fields of :class:`~surgery.evaluation.config.EvalConfig`.
+    """
+    from surgery.evaluation.config import EvalConfig
+    from surgery.evaluation.run import run_eval
 
-    ref = ModelRef.parse(model, revision)
-    baseline_payload = load_results(baseline) if baseline is not None else None
-    if plan is not None:
-        load_plan(plan)
-    taskset = TaskSet(tasks, data_dir=data_dir)
-    loaded, tokenizer = load_model_and_tokenizer(
-        ref, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
-    )
-    if not hasattr(loaded, "generate"):
-        raise SurgeryError(f"{model} is not a generative (causal LM) model; these benchmarks need one")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded.to(device)
-    execution = resolve_for_model(loaded, plan) if plan is not None else None
-    results = taskset.run(
-        loaded,
-        tokenizer,
-        plan=execution,
-        limit=limit,
-        batch_size=batch_size,
-        max_gen_toks=max_gen_toks,
-        bootstrap_iters=bootstrap_iters,
-        seed=seed,
-        log_samples=log_samples,
-    )
-    import lm_eval
-    import transformers
-
-    data = taskset.data_sources()
-    config = {
-        "model": model,
-        "plan": plan,
-        "plan_canonical": load_plan(plan).canonical if plan is not None else None,
-        "source_layers": int(loaded.config.num_hidden_layers),
-        "executed_layers": len(execution.instances) if execution else int(loaded.config.num_hidden_layers),
-        "executed_sequence": execution.describe() if execution else None,
-        "tasks": list(taskset.tasks),
-        "limit": limit,
-        "batch_size": batch_size,
-        "max_gen_toks": max_gen_toks,
-        "bootstrap_iters": bootstrap_iters,
-        "seeds": seeds_for(seed),
-        "dtype": dtype,
-        "device": device,
-        "engine": "lm-evaluation-harness HFLM on the in-memory model (plan applied with surgery.inmemory.planned)",
-        "surgery_version": __version__,
-        "lm_eval_version": getattr(lm_eval, "__version__", None),
-        "transformers_version": transformers.__version__,
-        "torch_version": torch.__version__,
-        "data": data,
-        "standin_tasks": [task for task, info in data.items() if info.get("standin")],
-    }
-    payload = build_payload(results, config, taskset.chance(limit))
-    if log_samples:
-        payload["samples"] = results.get("samples", {})
-    if baseline_payload is not None:
-        payload["normalized"] = {"baseline": str(baseline), **normalized_scores(payload, baseline_payload)}
-        payload["normalized"]["warnings"] += baseline_mismatches(config, baseline_payload.get("config", {}))
-    return payload
+    return run_eval(EvalConfig.validated(model=model, **settings))
 
 
 def load_results(path: str | Path) -> dict[str, Any]:

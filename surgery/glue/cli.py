@@ -9,27 +9,6 @@ import click
 from surgery.cli_options import data_dir_option, model_loading_options, plan_option, quiet_option
 
 
-def format_table(report: dict) -> str:
-    """A plain-text table of the report: each task's metrics and score (x100), then the average."""
-    from surgery.fileio import format_table as columns
-    from surgery.glue.metrics import METRIC_LABELS, TASK_METRICS
-
-    config = report["config"]
-    rows = []
-    for task, values in report["results"].items():
-        metrics = "  ".join(f"{METRIC_LABELS[name]} {100 * values[name]:.1f}" for name in TASK_METRICS[task])
-        rows.append((task, metrics, f"{100 * values['score']:.1f}"))
-    average = report["average"]
-    rows.append((f"average ({len(average['tasks'])} tasks, unnormalized)", "", f"{100 * average['score']:.1f}"))
-    executed = {details["executed"] for details in report["details"].values()}
-    plan = config["plan"] or "identity"
-    lines = [
-        f"GLUE  model: {config['model']}  plan: {plan} ({', '.join(sorted(executed))})  mode: {config['mode']}  "
-        f"epochs: {config['epochs']}  lr: {config['lr']:g}  seed: {config['seed']}",
-    ]
-    return "\n".join([*lines, columns(["task", "metrics (x100)", "score"], rows, rule=False)])
-
-
 @click.command("glue")
 @click.argument("model")
 @plan_option(what="applied to the encoder in memory")
@@ -81,26 +60,14 @@ def glue(
     Prints a table of each task's GLUE metrics and the paper's unnormalized average over tasks (a task's score
     is its metric, or the mean of its two metrics for MRPC and STS-B).
     """
-    from surgery.extras import require_extra
-    from surgery.fileio import check_writable_file
+    from surgery.config import config_from_options
+    from surgery.glue.config import GlueConfig
     from surgery.glue.data import resolve_tasks
-    from surgery.io.data_dir import resolve_data_dir
-    from surgery.io.loading import check_loadable
 
-    require_extra("eval", "glue", ("numpy", "sklearn", "scipy"))
     task_names = resolve_tasks(tasks)
-    resolve_data_dir(data_dir)
-    if output is not None:
-        check_writable_file(output, "--output")
-    if plan_text is not None:
-        from surgery.plan import load_plan
-
-        load_plan(plan_text)
-    check_loadable(model, revision=revision, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    from surgery.glue.metrics import METRIC_LABELS
-    from surgery.glue.train import GlueConfig, run_glue
-
-    config = GlueConfig(
+    config = config_from_options(
+        GlueConfig,
+        {"plan": "--plan"},
         model=model,
         plan=plan_text,
         mode=mode,
@@ -111,22 +78,25 @@ def glue(
         max_train=max_train,
         max_eval=max_eval,
         seed=seed,
-        data_dir=str(data_dir) if data_dir is not None else None,
+        data_dir=data_dir,
         revision=revision,
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
     )
+    from surgery.glue.train import check, run_glue
+
+    check(config, task_names, output)
+    from surgery.glue.metrics import METRIC_LABELS
+    from surgery.glue.report import format_table, write_report
 
     def announce(result) -> None:
         if not quiet:
             metrics = ", ".join(f"{METRIC_LABELS[k]} {100 * v:.1f}" for k, v in result.metrics.items())
             click.echo(f"{result.task}: {metrics}  ({result.details['seconds']:.0f} s)", err=True)
 
-    from surgery.fileio import atomic_write_json
-
     report = run_glue(task_names, config, progress=not quiet, on_result=announce)
     if output is not None:
-        atomic_write_json(output, report)
+        write_report(report, output)
     click.echo(format_table(report))
     if output is not None:
         click.echo(f"wrote {output}")

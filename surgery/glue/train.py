@@ -27,65 +27,16 @@ import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from surgery.errors import SurgeryError
+from surgery.glue.config import GlueConfig
 from surgery.glue.data import Example, TaskData, TaskSpec, load_task
 from surgery.glue.metrics import compute_metrics, task_score
+from surgery.glue.report import TaskResult
 
-MODES = ("full", "frozen")
-DEFAULT_LR = {"full": 2e-5, "frozen": 1e-3}
 EVAL_SUBSET_SEED = 0
-
-
-@dataclass
-class GlueConfig:
-    model: str
-    plan: str | None = None
-    mode: str = "full"
-    epochs: int = 3
-    lr: float | None = None  # None: DEFAULT_LR[mode]
-    batch_size: int = 32
-    max_length: int = 128
-    max_train: int | None = None
-    max_eval: int | None = None
-    seed: int = 0
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    eval_batch_size: int = 64
-    data_dir: str | None = None
-    revision: str | None = None
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise SurgeryError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
-        if self.lr is None:
-            self.lr = DEFAULT_LR[self.mode]
-        for name in ("epochs", "batch_size", "max_length", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise SurgeryError(f"{name} must be at least 1")
-        for name in ("max_train", "max_eval"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise SurgeryError(f"{name} must be at least 1")
-        if not self.lr > 0:
-            raise SurgeryError("lr must be positive")
-
-    def record(self) -> dict[str, Any]:
-        from surgery import __version__
-
-        return {**asdict(self), "surgery_version": __version__}
-
-
-@dataclass
-class TaskResult:
-    task: str
-    metrics: dict[str, float]
-    score: float
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 def subset(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
@@ -305,32 +256,32 @@ def run_task(
     return TaskResult(task, metrics, task_score(task, metrics), details)
 
 
-def build_report(config: GlueConfig, results: list[TaskResult]) -> dict[str, Any]:
-    """The results JSON: ``config``, ``results.<task>.<metric>`` (+ ``score``), ``average`` and ``details``."""
-    from surgery.evaluation.normalize import unnormalized_average
-    from surgery.glue.metrics import TASK_METRICS
+def check(config: GlueConfig, tasks: list[str], output: Path | None = None) -> None:
+    """Everything that can be refused before torch loads: extra, data folder, output, plan, model."""
+    from surgery.extras import require_extra
+    from surgery.fileio import check_writable_file
+    from surgery.io.data_dir import resolve_data_dir
+    from surgery.io.loading import check_loadable
 
-    scores = {result.task: result.score for result in results}
-    return {
-        "config": {**config.record(), "tasks": list(scores)},
-        "results": {result.task: {**result.metrics, "score": result.score} for result in results},
-        "average": {
-            "score": unnormalized_average(scores),
-            "tasks": list(scores),
-            "task_metrics": {task: list(TASK_METRICS[task]) for task in scores},
-            "definition": "unnormalized mean over tasks of each task's score: its GLUE metric, or for two-metric "
-            "tasks the mean of both (MRPC: F1 and accuracy; STS-B: Pearson and Spearman)",
-        },
-        "details": {result.task: result.details for result in results},
-    }
+    require_extra("eval", "glue", ("numpy", "sklearn", "scipy"))
+    resolve_data_dir(config.data_dir)
+    if output is not None:
+        check_writable_file(output, "--output")
+    if config.plan is not None:
+        from surgery.plan import load_plan
+
+        load_plan(config.plan)
+    check_loadable(
+        config.model,
+        revision=config.revision,
+        trust_remote_code=config.trust_remote_code,
+        allow_pickle=config.allow_pickle,
+    )
 
 
 def run_glue(tasks: list[str], config: GlueConfig, *, progress: bool = True, on_result=None) -> dict[str, Any]:
     """Run every task (the plan is parsed and all data loaded first, so those errors come before any training)."""
-    if config.plan:
-        from surgery.plan import load_plan
-
-        load_plan(config.plan)
+    check(config, tasks)
     datasets = {task: load_task(task, config.data_dir) for task in tasks}
     results = []
     for task in tasks:
@@ -338,4 +289,6 @@ def run_glue(tasks: list[str], config: GlueConfig, *, progress: bool = True, on_
         results.append(result)
         if on_result is not None:
             on_result(result)
+    from surgery.glue.report import build_report
+
     return build_report(config, results)

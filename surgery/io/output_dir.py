@@ -78,9 +78,7 @@ def _locked(out_dir: Path) -> Iterator[None]:
 def _install(tmp: Path, out_dir: Path, overwrite: bool) -> None:
     """Move the finished ``tmp`` into place; an old checkpoint is replaced only now, and restored on failure."""
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise SurgeryError(
-            f"output directory {out_dir} was filled by another process during this run; not replaced"
-        )
+        raise SurgeryError(f"output directory {out_dir} was filled by another process during this run; not replaced")
     backup = None
     if out_dir.exists():
         backup = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,56 @@
+"""The base of every command's configuration: validated once, at the edge, with pydantic.
+
+Each command package has ``config.py`` (a :class:`CommandConfig`), a library entry point taking it, a report
+module owning its files, and a thin ``cli.py`` that builds the config from its options with
+:func:`config_from_options`. Library code raises errors in library terms (``batch_size``); the CLI helper
+renders the field as the option the user typed (``--batch-size``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from surgery.errors import SurgeryError
+
+Config = TypeVar("Config", bound="CommandConfig")
+
+
+class CommandConfig(BaseModel):
+    """A command's validated settings; unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    @classmethod
+    def validated(cls: type[Config], **values: Any) -> Config:
+        """Build and validate; one :class:`SurgeryError` (``field: message``) for the first problem."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise SurgeryError(_first_error(exc)) from None
+
+    def record(self) -> dict[str, Any]:
+        """JSON-safe settings for results files (paths as strings)."""
+        return self.model_dump(mode="json")
+
+
+def _first_error(exc: ValidationError, option_names: Mapping[str, str] | None = None) -> str:
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "config"
+    if option_names is not None:
+        field = option_names.get(field, "--" + field.replace("_", "-"))
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{field}: {message}"
+
+
+def config_from_options(cls: type[Config], option_names: Mapping[str, str] | None = None, **options: Any) -> Config:
+    """The CLI's way to build a config: errors name the option (``--batch-size: ...``).
+
+    ``option_names`` maps fields whose option is not ``--field-name`` (e.g. ``{"out_dir": "--out"}``).
+    """
+    try:
+        return cls(**options)
+    except ValidationError as exc:
+        raise SurgeryError(_first_error(exc, option_names or {})) from None

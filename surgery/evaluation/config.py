@@ -1,0 +1,44 @@
+"""Settings of ``surgery eval`` (validated once, at the edge)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from surgery.config import CommandConfig
+
+DEFAULT_BOOTSTRAP_ITERS = 100000  # lm-eval's default
+
+
+class EvalConfig(CommandConfig):
+    """Which model and plan, which benchmarks on which data, and how to run lm-eval."""
+
+    model: str
+    plan: str | None = None
+    tasks: str | list[str] | None = None  # None: the paper's six
+    data_dir: Path | None = None
+    limit: int | float | None = None  # lm-eval's --limit: a count, or a fraction when < 1
+    batch_size: int = Field(default=1, ge=1)
+    max_gen_toks: int | None = Field(default=None, ge=1)
+    bootstrap_iters: int = Field(default=DEFAULT_BOOTSTRAP_ITERS, ge=0)
+    seed: int | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str | None = None
+    revision: str | None = None
+    baseline: Path | None = None
+    output: Path | None = None
+    log_samples: bool = False
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+    @field_validator("limit")
+    @classmethod
+    def _positive_finite(cls, value: int | float | None) -> int | float | None:
+        if value is None:
+            return None
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"must be a positive number, got {value}")
+        return value if value < 1 else int(value)

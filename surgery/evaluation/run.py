@@ -1,0 +1,107 @@
+"""``surgery eval`` as a library entry point: :func:`check` (fast refusals) and :func:`run_eval`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from surgery.errors import SurgeryError
+from surgery.evaluation.config import EvalConfig
+
+
+def check(config: EvalConfig):
+    """Everything that can be refused before torch and lm-eval load: tasks, data files, output, plan, model."""
+    from surgery.evaluation.harness import load_results
+    from surgery.evaluation.tasks import parse_tasks, resolve_local
+    from surgery.extras import require_extra
+    from surgery.fileio import check_writable_file
+    from surgery.io.data_dir import resolve_data_dir
+    from surgery.io.loading import check_loadable
+
+    require_extra("eval", "eval", ("lm_eval", "datasets", "numpy"))
+    benchmarks = parse_tasks(config.tasks)
+    data_dir = resolve_data_dir(config.data_dir)
+    if data_dir is not None:
+        resolve_local(benchmarks, data_dir)  # every task's files present (converted once, cached)
+    if config.output is not None:
+        check_writable_file(config.output, "--output")
+    if config.plan is not None:
+        from surgery.plan import load_plan
+
+        load_plan(config.plan)
+    baseline = load_results(config.baseline) if config.baseline is not None else None
+    ref, _, _ = check_loadable(
+        config.model,
+        revision=config.revision,
+        trust_remote_code=config.trust_remote_code,
+        allow_pickle=config.allow_pickle,
+    )
+    return ref, baseline
+
+
+def run_eval(config: EvalConfig) -> dict[str, Any]:
+    """Load MODEL, apply the plan in memory, run the tasks through lm-eval; returns the results payload."""
+    ref, baseline_payload = check(config)
+    import lm_eval
+    import torch
+    import transformers
+
+    from surgery import __version__
+    from surgery.evaluation.harness import TaskSet, baseline_mismatches, seeds_for
+    from surgery.evaluation.normalize import normalized_scores
+    from surgery.evaluation.report import build_payload
+    from surgery.inmemory import resolve_for_model
+    from surgery.io.loading import load_model_and_tokenizer
+    from surgery.plan import load_plan
+
+    plan, limit = config.plan, config.limit
+    taskset = TaskSet(config.tasks, data_dir=config.data_dir)
+    loaded, tokenizer = load_model_and_tokenizer(
+        ref, dtype=config.dtype, trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle
+    )
+    if not hasattr(loaded, "generate"):
+        raise SurgeryError(f"{config.model} is not a generative (causal LM) model; these benchmarks need one")
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaded.to(device)
+    execution = resolve_for_model(loaded, plan) if plan is not None else None
+    results = taskset.run(
+        loaded,
+        tokenizer,
+        plan=execution,
+        limit=limit,
+        batch_size=config.batch_size,
+        max_gen_toks=config.max_gen_toks,
+        bootstrap_iters=config.bootstrap_iters,
+        seed=config.seed,
+        log_samples=config.log_samples,
+    )
+    data = taskset.data_sources()
+    record = {
+        "model": config.model,
+        "plan": plan,
+        "plan_canonical": load_plan(plan).canonical if plan is not None else None,
+        "source_layers": int(loaded.config.num_hidden_layers),
+        "executed_layers": len(execution.instances) if execution else int(loaded.config.num_hidden_layers),
+        "executed_sequence": execution.describe() if execution else None,
+        "tasks": list(taskset.tasks),
+        "limit": limit,
+        "batch_size": config.batch_size,
+        "max_gen_toks": config.max_gen_toks,
+        "bootstrap_iters": config.bootstrap_iters,
+        "seeds": seeds_for(config.seed),
+        "dtype": config.dtype,
+        "device": device,
+        "engine": "lm-evaluation-harness HFLM on the in-memory model (plan applied with surgery.inmemory.planned)",
+        "surgery_version": __version__,
+        "lm_eval_version": getattr(lm_eval, "__version__", None),
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "data": data,
+        "standin_tasks": [task for task, info in data.items() if info.get("standin")],
+    }
+    payload = build_payload(results, record, taskset.chance(limit))
+    if config.log_samples:
+        payload["samples"] = results.get("samples", {})
+    if baseline_payload is not None:
+        payload["normalized"] = {"baseline": str(config.baseline), **normalized_scores(payload, baseline_payload)}
+        payload["normalized"]["warnings"] += baseline_mismatches(record, baseline_payload.get("config", {}))
+    return payload
