@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from display import display_command
+
 HERE = Path(__file__).resolve().parent
 NUM_SHARDS = 5
 LARGEST_TENSOR = 32000 * 2048 * 2  # embed_tokens / lm_head in bf16
@@ -220,7 +222,7 @@ def main() -> None:
         f"- machine: {shell('nproc')} cores ({cpu}), kernel {platform.release()}, "
         f"Python {platform.python_version()}, {versions}\n", f"```\n$ free -g\n{shell('free -g')}\n```\n",
         f"- benchmark: `{' '.join(['python', 'benchmarks/apply_memory.py', *sys.argv[1:]])}`",
-        f"- apply command: `{' '.join(apply_cmd)}`", f'- import floor: `python -c "{floor_code}"`',
+        f"- apply command: `{display_command(apply_cmd)}`", f'- import floor: `python -c "{floor_code}"`',
         f"- {args.repeats} timed rounds after 1 warm-up round, commands interleaved, `sync` before every run, "
         "page cache warm; peak RSS = GNU time `%M` of the child; 1 GB = 1e9 bytes, 1 MB = 1e6 bytes\n",
         table + "\n"]  # fmt: skip

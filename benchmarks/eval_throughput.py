@@ -177,9 +177,7 @@ def main() -> None:
 def write_report(args, timings, cpu, load, same, examples, tokens, surgery_cmd, lm_eval_cmd, results) -> None:
     import torch
     import transformers
-
-    def shell(cmd: list[str]) -> str:
-        return " ".join(f"'{c}'" if any(ch in c for ch in " ;(),") else c for c in cmd)
+    from display import display_command as shell
 
     lines = [
         "# `surgery eval` throughput vs lm-eval's HF backend",

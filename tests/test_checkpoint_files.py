@@ -102,6 +102,36 @@ def test_card_provenance_and_side_files(tiny_checkpoints, tmp_path):
     assert (out / "modeling_surgery.py").is_file() and (out / "configuration_surgery.py").is_file()
 
 
+@pytest.mark.parametrize("plan", ["skip:1", "parallel:2-4"])
+def test_no_written_file_names_the_temporary_directory(plan, tiny_checkpoints, tmp_path, monkeypatch):
+    import surgery.io.output_dir as output_dir
+
+    seen = []
+    original = output_dir._install
+    monkeypatch.setattr(
+        output_dir, "_install", lambda tmp, out, overwrite: (seen.append(tmp.name), original(tmp, out, overwrite))
+    )
+    out = tmp_path / "my-variant"
+    apply_plan(str(tiny_checkpoints["llama"]), plan, out)
+    (temporary,) = seen
+    assert ".surgery-tmp-" in temporary
+    for path in out.iterdir():
+        if path.suffix in (".json", ".md", ".py", ".txt"):
+            assert temporary not in path.read_text(), path.name
+            assert ".surgery-tmp-" not in path.read_text(), path.name
+    card = (out / "README.md").read_text()
+    assert "# my-variant\n" in card and 'from_pretrained("my-variant"' in card
+    assert "https://github.com/surgery-tools/surgery" in card
+
+
+def test_card_states_a_gguf_origin():
+    record = {"source": "/models/SmolLM2.Q4_1.gguf", "kind": "gguf", "sha256": "ab" * 32, "given": "smollm2-demo"}
+    from surgery.card import _origin
+
+    assert _origin(record) == f"the GGUF file **SmolLM2.Q4_1.gguf** (sha256 `{'ab' * 32}`)"
+    assert "whose metadata names org/model" in _origin({**record, "gguf_repo": "org/model"})
+
+
 def test_interrupted_write_leaves_nothing(tiny_checkpoints, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")
