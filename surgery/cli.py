@@ -147,8 +147,6 @@ def apply(
     quiet,
 ):
     """Apply a layer plan to MODEL (Hub id, directory or .gguf) and write a standalone checkpoint to OUT_DIR."""
-    from tqdm.auto import tqdm
-
     from surgery.io.safetensors_stream import parse_size
     from surgery.materialize import ApplyOptions, apply_plan
 
@@ -168,6 +166,8 @@ def apply(
         if quiet:
             return
         if bar is None:
+            from tqdm.std import tqdm  # not tqdm.auto: its notebook probe costs ~20 ms of start-up
+
             bar = tqdm(total=total, unit="B", unit_scale=True, desc="writing weights", file=sys.stderr)
         bar.update(done - bar.n)
 

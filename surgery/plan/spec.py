@@ -23,12 +23,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from surgery.errors import SurgeryError
-from surgery.plan import schema
 from surgery.plan.limits import MAX_EXECUTED_STEPS, MAX_LAYER_INDEX, MAX_LOOPS, MAX_PLAN_BYTES, MAX_SEED
 from surgery.plan.yaml_loader import parse_yaml_text, read_plan_file
+
+if TYPE_CHECKING:  # the pydantic schema costs ~60 ms to build: imported only when a YAML plan is parsed
+    from surgery.plan import schema
 
 OP_KINDS = ("skip", "reverse", "shuffle", "repeat", "loop", "parallel")
 
@@ -319,6 +321,8 @@ def parse_plan_mapping(data: Any, text: str) -> LayerPlan:
     Shapes and types are validated by the pydantic models of :mod:`surgery.plan.schema` (strict integers, no
     unknown keys); a problem is one :class:`SurgeryError` naming where it is, e.g. ``ops[1].loops``.
     """
+    from surgery.plan import schema
+
     if isinstance(data, str):
         return parse_plan_text(data)
     if not isinstance(data, dict):
