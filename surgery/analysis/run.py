@@ -30,7 +30,10 @@ def check(config: SimilarityConfig):
     require_extra("eval", "similarity", ("numpy", "matplotlib"))
     if config.out_dir.exists() and not config.out_dir.is_dir():
         raise SurgeryError(f"output {config.out_dir} exists and is not a directory")
-    resolve_data_dir(config.data_dir)
+    if resolve_data_dir(config.data_dir) is None and config.data.lower() == "lambada":
+        from surgery.io.hub import prepare_hub
+
+        prepare_hub()  # LAMBADA will come from the Hub: know now, and fast, if it cannot
     if config.plan is not None:
         from surgery.plan import load_plan
 
@@ -50,14 +53,15 @@ def run_similarity(config: SimilarityConfig, *, progress: bool = True) -> dict[s
     The record's ``result`` and ``classes`` entries hold the :class:`SimilarityResult` and suggested classes.
     """
     ref = check(config)
+    from surgery.analysis.texts import load_texts
+
+    texts = load_texts(config.data, data_dir=config.data_dir, limit=config.limit, seed=config.seed)
     from surgery.analysis.plots import plot_heatmap, plot_layer_stats
     from surgery.analysis.report import FILES, write_result
     from surgery.analysis.similarity import compute_similarity, suggest_layer_classes
-    from surgery.analysis.texts import load_texts
     from surgery.io.data_dir import resolve_data_dir
     from surgery.io.loading import load_model_and_tokenizer
 
-    texts = load_texts(config.data, data_dir=config.data_dir, limit=config.limit, seed=config.seed)
     loaded, tokenizer = load_model_and_tokenizer(
         config.model,
         dtype=config.dtype,

@@ -80,7 +80,11 @@ def _lambada(data_dir: str | Path | None) -> tuple[list[str], str]:
 
 
 def _lambada_from_hub() -> list[str]:  # pragma: no cover - needs the network (or a warm datasets cache)
+    from surgery.io.hub import dataset_in_cache, prepare_hub
+
     name, config, split = LAMBADA_HUB
+    if prepare_hub() and not dataset_in_cache(name):
+        raise SurgeryError(f"LAMBADA ({name}) is not in the local cache and the Hub is not reachable; {HOW_TO_SUPPLY}")
     try:
         import datasets
 

@@ -22,6 +22,16 @@ def check(config: EvalConfig):
     data_dir = resolve_data_dir(config.data_dir)
     if data_dir is not None:
         resolve_local(benchmarks, data_dir)  # every task's files present (converted once, cached)
+    else:
+        from surgery.io.hub import dataset_in_cache, prepare_hub
+
+        if prepare_hub():  # offline: the datasets must be in the local cache; know now rather than after imports
+            for benchmark in benchmarks:
+                if not dataset_in_cache(benchmark.hub_dataset):
+                    raise SurgeryError(
+                        f"task {benchmark.name!r}: its Hub dataset {benchmark.hub_dataset} is not in the local cache "
+                        f"and the Hub is not reachable; pass --data-dir DIR with local copies ({benchmark.layout})"
+                    )
     if config.output is not None:
         check_writable_file(config.output, "--output")
     if config.plan is not None:

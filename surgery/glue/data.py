@@ -168,6 +168,9 @@ def find_local(spec: TaskSpec, data_dir: Path) -> Path | None:
 
 def load_hub(spec: TaskSpec, split: str) -> list[Example]:
     """The task's split from the Hub's ``nyu-mll/glue`` (needs network access or a filled ``datasets`` cache)."""
+    from surgery.io.hub import prepare_hub
+
+    prepare_hub()
     from datasets import load_dataset
 
     dataset = load_dataset(HUB_DATASET, spec.name, split=split)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from surgery.errors import SurgeryError
+from surgery.io.hub import prepare_hub
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 PICKLE_GLOBS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
@@ -88,6 +89,7 @@ class ModelRef:
 
     def hub_file(self, name: str) -> str:
         """Download one file of a Hub repository (the local cache path); a clear error when unreachable."""
+        prepare_hub()
         from huggingface_hub import hf_hub_download
 
         try:
@@ -101,6 +103,7 @@ class ModelRef:
             candidate = self.path / name
             return candidate if candidate.is_file() else None
         if self.kind == "hub":
+            prepare_hub()
             from huggingface_hub import hf_hub_download
 
             try:

@@ -235,6 +235,9 @@ def _save_generation_config(path: Path, config, out: Path) -> None:
 
 
 def _from_hub(given: str, revision: str | None, allow_pickle: bool) -> SourceModel:
+    from surgery.io.hub import prepare_hub
+
+    prepare_hub()
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
