@@ -158,6 +158,7 @@ def apply(
         overwrite=overwrite,
         revision=revision,
         allow_pickle=allow_pickle,
+        progress=not quiet,
     )
     bar = None
 

@@ -54,6 +54,7 @@ class ApplyOptions:
     overwrite: bool = False
     revision: str | None = None
     allow_pickle: bool = False
+    progress: bool = False  # GGUF dequantization progress on stderr (the CLI sets it unless --quiet)
 
 
 @dataclass
@@ -299,7 +300,7 @@ def apply_plan(
     check_output_dir(Path(out_dir), overwrite=options.overwrite, protect=protect)
     plan = load_plan(plan_text)
     dtype = DTYPE_CHOICES[options.dtype] if options.dtype else None
-    with resolve_source(ref, allow_pickle=options.allow_pickle) as source:
+    with resolve_source(ref, allow_pickle=options.allow_pickle, progress=options.progress) as source:
         spec, raw_config, per_layer = _load_source_config(source)
         execution = resolve_plan(plan, raw_config["num_hidden_layers"])
         custom = options.surgery_class or execution.needs_custom_class(options.tie_repeats)

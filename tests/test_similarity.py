@@ -190,6 +190,7 @@ def test_lambada_from_hub_failure_says_how_to_supply_data(monkeypatch):
 
     monkeypatch.delenv("SURGERY_DATA_DIR", raising=False)
     monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr("surgery.io.hub.dataset_in_cache", lambda repo_id: True)  # reach load_dataset itself
     with pytest.raises(SurgeryError, match="Hugging Face Hub.*--data-dir.*SURGERY_DATA_DIR.*--data PATH"):
         load_texts("lambada")
 
@@ -315,3 +316,14 @@ def test_smollm2_lambada_middle_layers_share_a_space(smollm2_gguf_path):
     assert classes.bounds[0][0] == 0 and classes.bounds[1][0] <= 5 and classes.bounds[1][1] >= 20
     skipped = compute_similarity(model, tokenizer, texts, plan="skip:13-19", batch_size=4)
     assert skipped.size == 24 and skipped.labels[13:16] == ["12", "20", "21"]
+
+
+def test_class_description_uses_one_numbering():
+    from surgery.analysis.similarity import LayerClasses
+
+    labels = ["emb", "0", "1", "4", "[5 6]", "7"]  # a skip and a parallel block: labels name executed steps
+    classes = LayerClasses(
+        bounds=[(0, 1), (2, 4), (5, 5)], names=["beginning", "middle", "end"], within=[1.0] * 3, rule=""
+    )
+    assert classes.describe(labels) == "beginning: emb + layer 0; middle: layers 1..[5 6]; end: layer 7"
+    assert classes.describe() == "beginning: entries 0-1; middle: entries 2-4; end: entries 5"

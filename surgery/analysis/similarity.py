@@ -82,14 +82,23 @@ class LayerClasses:
         return {"rule": self.rule, "classes": classes}
 
     def describe(self, labels: Sequence[str] | None = None) -> str:
+        """One line in one numbering: hidden-state entries, or (with ``labels``) the layers after which they are.
+
+        With labels: ``beginning: emb; middle: layers 0..22; end: layers 23..29`` (entry 0 is the embeddings).
+        """
         parts = []
         for name, (first, last) in zip(self.names, self.bounds):
-            span = f"{first}" if first == last else f"{first}-{last}"
-            if labels is not None:
-                names = labels[first] if first == last else f"{labels[first]}..{labels[last]}"
-                span += f" ({names})"
-            parts.append(f"{name} {span}")
-        return ", ".join(parts)
+            if labels is None:
+                parts.append(f"{name}: entries {first}" if first == last else f"{name}: entries {first}-{last}")
+                continue
+            shown = [labels[index] for index in range(first, last + 1)]
+            layers = [label for label in shown if label != "emb"]
+            text = "emb" if "emb" in shown else ""
+            if layers:
+                span = layers[0] if len(layers) == 1 else f"{layers[0]}..{layers[-1]}"  # in executed order
+                text += (" + " if text else "") + f"layer{'s' if len(layers) > 1 else ''} {span}"
+            parts.append(f"{name}: {text}")
+        return "; ".join(parts)
 
 
 @dataclass

@@ -19,6 +19,8 @@ def check(config: EvalConfig):
 
     require_extra("eval", "eval", ("lm_eval", "datasets", "numpy"))
     benchmarks = parse_tasks(config.tasks)
+    if config.output is not None:
+        check_writable_file(config.output, "--output")
     data_dir = resolve_data_dir(config.data_dir)
     if data_dir is not None:
         resolve_local(benchmarks, data_dir)  # every task's files present (converted once, cached)
@@ -32,8 +34,6 @@ def check(config: EvalConfig):
                         f"task {benchmark.name!r}: its Hub dataset {benchmark.hub_dataset} is not in the local cache "
                         f"and the Hub is not reachable; pass --data-dir DIR with local copies ({benchmark.layout})"
                     )
-    if config.output is not None:
-        check_writable_file(config.output, "--output")
     if config.plan is not None:
         from surgery.plan import load_plan
 

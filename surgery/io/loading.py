@@ -8,6 +8,8 @@ only with ``allow_pickle=True``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from surgery.architectures import arch_for
@@ -57,7 +59,24 @@ def load_model_and_tokenizer(
     try:
         loaded = auto.from_pretrained(location, dtype=getattr(torch, dtype), trust_remote_code=trust, **kwargs).eval()
         kwargs.pop("use_safetensors", None)
-        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust, **kwargs)
+        with _quiet_transformers(ref.kind == "gguf"):  # the GGUF "legacy tokenizer" notice, on every load
+            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust, **kwargs)
     except (OSError, ValueError) as exc:  # transformers' errors for an unusable model folder
         raise SurgeryError(f"cannot load {ref.given}: {first_line(exc)}") from exc
     return loaded, tokenizer
+
+
+@contextmanager
+def _quiet_transformers(enabled: bool) -> Iterator[None]:
+    """transformers' warnings off for the block (when ``enabled``); its errors still raise."""
+    if not enabled:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,7 +125,9 @@ def _drop_gguf_vocab_copy(directory: Path) -> None:
                 vocab.unlink()
 
 
-def _gguf_tensors_to_safetensors(path: Path, config, out: Path, shard_bytes: int = 128 << 20) -> None:
+def _gguf_tensors_to_safetensors(
+    path: Path, config, out: Path, shard_bytes: int = 128 << 20, progress: bool = False
+) -> None:
     """Dequantize GGUF tensors one at a time into safetensors shards (never the whole model in memory).
 
     Follows transformers' ``load_gguf_checkpoint`` tensor loop (name mapping, per-architecture processing
@@ -160,7 +163,10 @@ def _gguf_tensors_to_safetensors(path: Path, config, out: Path, shard_bytes: int
         weight_map.update(dict.fromkeys(pending, name))
         pending, pending_bytes = {}, 0
 
-    for tensor in reader.tensors:
+    from tqdm.std import tqdm
+
+    bar = tqdm(reader.tensors, desc="dequantizing GGUF", unit="tensor", file=sys.stderr, disable=not progress)
+    for tensor in bar:
         result = processor.process(
             weights=dequantize(tensor.data, tensor.tensor_type),
             name=tensor.name,
@@ -179,9 +185,12 @@ def _gguf_tensors_to_safetensors(path: Path, config, out: Path, shard_bytes: int
     (out / "model.safetensors.index.json").write_text(json.dumps(index))
 
 
-def _from_gguf(given: str, path: Path) -> SourceModel:
+def _from_gguf(given: str, path: Path, progress: bool = False) -> SourceModel:
     """Dequantize a GGUF file into a temporary transformers checkpoint (weights, config, tokenizer)."""
+    if progress:
+        print(f"reading {path.name} ({path.stat().st_size / 1e6:,.0f} MB GGUF): loading transformers", file=sys.stderr)
     from transformers import AutoConfig, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     tmp = tempfile.TemporaryDirectory(prefix="surgery-gguf-")
     out = Path(tmp.name)
@@ -191,10 +200,17 @@ def _from_gguf(given: str, path: Path) -> SourceModel:
             from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
             config.architectures = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config.model_type]]
-        _gguf_tensors_to_safetensors(path, config, out)
+        _gguf_tensors_to_safetensors(path, config, out, progress=progress)
         config.dtype = "float32"
         config.save_pretrained(out)
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        if progress:
+            print("converting the GGUF tokenizer", file=sys.stderr)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the long "legacy tokenizer" notice is about transformers' own default
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        finally:
+            hf_logging.set_verbosity(verbosity)
         tokenizer.save_pretrained(out)
         _drop_gguf_vocab_copy(out)
         _save_generation_config(path, config, out)
@@ -258,11 +274,13 @@ def _from_hub(given: str, revision: str | None, allow_pickle: bool) -> SourceMod
     return source
 
 
-def resolve_source(model: str | ModelRef, *, revision: str | None = None, allow_pickle: bool = False) -> SourceModel:
+def resolve_source(
+    model: str | ModelRef, *, revision: str | None = None, allow_pickle: bool = False, progress: bool = False
+) -> SourceModel:
     """Resolve MODEL (directory, ``.gguf`` file, or Hub id) to a :class:`SourceModel`. Call ``cleanup()`` after."""
     ref = model if isinstance(model, ModelRef) else ModelRef.parse(model, revision)
     if ref.kind == "gguf":
-        return _from_gguf(ref.given, ref.path)
+        return _from_gguf(ref.given, ref.path, progress)
     if ref.kind == "directory":
         return _from_directory(ref.given, ref.path, allow_pickle)
     return _from_hub(ref.given, ref.revision, allow_pickle)
