@@ -203,3 +203,14 @@ def test_cli_missing_local_data_and_baseline(cli, tmp_path):
     assert result.exit_code == 2 and "has no 'results' mapping" in result.output
     result = CliRunner().invoke(cli, ["eval", "org/not-downloaded", "--limit", "0"])
     assert result.exit_code == 2 and "must be positive" in result.output
+
+
+def test_a_long_cpu_run_is_announced_with_a_hint(capsys):
+    from surgery.evaluation.run import LONG_RUN_DOCS, announce_cost
+
+    announce_cost({"arc_easy": 2376, "winogrande": 1267}, None, "cpu")
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "evaluating 3643 documents (arc_easy 2376, winogrande 1267)"
+    assert err[1].startswith("note: 3643 documents on a CPU take hours") and "--limit 100" in err[1]
+    announce_cost({"arc_easy": LONG_RUN_DOCS}, 100, "cpu")
+    assert capsys.readouterr().err.splitlines() == [f"evaluating {LONG_RUN_DOCS} documents (arc_easy {LONG_RUN_DOCS})"]

@@ -446,3 +446,20 @@ def test_minilm_rte(mode, plan, executed, minilm, tmp_path):
     assert details["trainable_parameters"] == (head if mode == "frozen" else encoder + head)
     assert math.isfinite(details["first_loss"]) and abs(details["first_loss"] - math.log(2)) < 0.1
     assert report["config"]["lr"] == (1e-3 if mode == "frozen" else 2e-5)
+
+
+def test_all_tasks_with_a_data_folder_runs_what_is_there(tmp_path, capsys):
+    from surgery.glue.data import PAPER_TASKS as ALL
+    from surgery.glue.data import tasks_with_local_data
+
+    rte = tmp_path / "RTE"
+    rte.mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        (rte / name).write_text("index\tsentence1\tsentence2\tlabel\n")
+    assert tasks_with_local_data(list(ALL), tmp_path) == ["rte"]
+    note = capsys.readouterr().err
+    assert note.startswith("note: no local data for cola, mrpc, qnli, sst2, stsb, wnli under") and "--tasks" in note
+    assert tasks_with_local_data(list(ALL), None) == list(ALL)  # no folder: everything from the Hub
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert tasks_with_local_data(list(ALL), empty) == list(ALL)  # nothing local: all try the Hub, errors say so

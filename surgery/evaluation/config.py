@@ -21,7 +21,7 @@ class EvalConfig(CommandConfig):
     tasks: str | list[str] | None = None  # None: the paper's six
     data_dir: Path | None = None
     limit: int | float | None = None  # lm-eval's --limit: a count, or a fraction when < 1
-    batch_size: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=8, ge=1)
     max_gen_toks: int | None = Field(default=None, ge=1)
     bootstrap_iters: int = Field(default=DEFAULT_BOOTSTRAP_ITERS, ge=0)
     seed: int | None = None

@@ -135,6 +135,17 @@ class TaskSet:
                 }
         return out
 
+    def doc_counts(self, limit: int | float | None) -> dict[str, int]:
+        """How many documents each task evaluates under ``limit`` (what a run will cost)."""
+        from lm_eval.evaluator_utils import get_sample_size
+
+        counts = {}
+        for name, task in self.tasks.items():
+            total = len(task.eval_docs)
+            size = get_sample_size(task, limit)
+            counts[name] = total if size is None else min(int(size), total)
+        return counts
+
     def chance(self, limit: int | float | None) -> dict[str, dict[str, float]]:
         """Random-guess level per task and metric over the docs that ``limit`` evaluates.
 

@@ -65,6 +65,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
 
     plan, limit = config.plan, config.limit
     taskset = TaskSet(config.tasks, data_dir=config.data_dir)
+    announce_cost(taskset.doc_counts(limit), limit, config.device)
     loaded, tokenizer = load_model_and_tokenizer(
         ref, dtype=config.dtype, trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle
     )
@@ -115,3 +116,24 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         payload["normalized"] = {"baseline": str(config.baseline), **normalized_scores(payload, baseline_payload)}
         payload["normalized"]["warnings"] += baseline_mismatches(record, baseline_payload.get("config", {}))
     return payload
+
+
+LONG_RUN_DOCS = 2000  # above this many documents a CPU run takes an hour or more for a 135M model
+
+
+def announce_cost(counts: dict[str, int], limit: int | float | None, device: str | None) -> None:
+    """Say on stderr how much will be evaluated, and suggest ``--limit`` before a run of hours on a CPU."""
+    import sys
+
+    import torch
+
+    total = sum(counts.values())
+    parts = ", ".join(f"{name} {count}" for name, count in counts.items())
+    print(f"evaluating {total} documents ({parts})", file=sys.stderr)
+    on_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
+    if on_cpu and limit is None and total > LONG_RUN_DOCS:
+        print(
+            f"note: {total} documents on a CPU take hours (SmolLM2-135M scores ~5 documents/s with batch 8); "
+            "--limit 100 gives a first look in minutes",
+            file=sys.stderr,
+        )

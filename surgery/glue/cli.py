@@ -62,9 +62,11 @@ def glue(
     """
     from surgery.config import config_from_options
     from surgery.glue.config import GlueConfig
-    from surgery.glue.data import resolve_tasks
+    from surgery.glue.data import resolve_tasks, tasks_with_local_data
 
     task_names = resolve_tasks(tasks)
+    if tasks.strip().lower() == "all":
+        task_names = tasks_with_local_data(task_names, data_dir)
     config = config_from_options(
         GlueConfig,
         {"plan": "--plan"},

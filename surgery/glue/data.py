@@ -166,6 +166,29 @@ def find_local(spec: TaskSpec, data_dir: Path) -> Path | None:
     return None
 
 
+def tasks_with_local_data(tasks: list[str], data_dir: str | Path | None) -> list[str]:
+    """For ``--tasks all`` with a data folder: the tasks found there, and a note naming the ones left out.
+
+    Without a data folder every task comes from the Hub, so all are kept.
+    """
+    import sys
+
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        return tasks
+    present = [task for task in tasks if find_local(TASKS[task], root) is not None]
+    if not present:
+        return tasks  # nothing local: let every task try the Hub (and say so if it cannot)
+    left_out = [task for task in tasks if task not in present]
+    if left_out:
+        print(
+            f"note: no local data for {', '.join(left_out)} under {root}: left out "
+            "(name them with --tasks to load them from the Hub)",
+            file=sys.stderr,
+        )
+    return present
+
+
 def load_hub(spec: TaskSpec, split: str) -> list[Example]:
     """The task's split from the Hub's ``nyu-mll/glue`` (needs network access or a filled ``datasets`` cache)."""
     from surgery.io.hub import prepare_hub
