@@ -1,1 +1,1 @@
-"""Exporters for surgery checkpoints (installed as ``surgery.exporters``). Placeholder."""
+"""Exporters for surgery checkpoints (installed as ``surgery.exporters``): ``onnx`` (``surgery export onnx``)."""

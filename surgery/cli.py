@@ -38,6 +38,11 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
         "Score a model, with a plan applied in memory, on the paper's benchmarks.",
     ),
     "glue": ("surgery.glue.cli", "glue", "Fine-tune and score an encoder on GLUE with a plan applied in memory."),
+    "export": (
+        "surgery.exporters.onnx.cli",
+        "export",
+        "Export a checkpoint to ONNX (KV cache) and check it against PyTorch.",
+    ),
 }
 
 

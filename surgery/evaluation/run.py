@@ -9,7 +9,8 @@ from surgery.evaluation.config import EvalConfig
 
 
 def check(config: EvalConfig):
-    """Everything that can be refused before torch and lm-eval load: tasks, data files, output, plan, model."""
+    """Everything that can be refused before torch and lm-eval load, local files first: tasks, output, plan,
+    baseline, data, model."""
     from surgery.evaluation.harness import load_results
     from surgery.evaluation.tasks import parse_tasks, resolve_local
     from surgery.extras import require_extra
@@ -21,6 +22,11 @@ def check(config: EvalConfig):
     benchmarks = parse_tasks(config.tasks)
     if config.output is not None:
         check_writable_file(config.output, "--output")
+    if config.plan is not None:
+        from surgery.plan import load_plan
+
+        load_plan(config.plan)
+    baseline = load_results(config.baseline) if config.baseline is not None else None
     data_dir = resolve_data_dir(config.data_dir)
     if data_dir is not None:
         resolve_local(benchmarks, data_dir)  # every task's files present (converted once, cached)
@@ -34,11 +40,6 @@ def check(config: EvalConfig):
                         f"task {benchmark.name!r}: its Hub dataset {benchmark.hub_dataset} is not in the local cache "
                         f"and the Hub is not reachable; pass --data-dir DIR with local copies ({benchmark.layout})"
                     )
-    if config.plan is not None:
-        from surgery.plan import load_plan
-
-        load_plan(config.plan)
-    baseline = load_results(config.baseline) if config.baseline is not None else None
     ref, _, _ = check_loadable(
         config.model,
         revision=config.revision,

@@ -59,7 +59,7 @@ def load_model_and_tokenizer(
     try:
         loaded = auto.from_pretrained(location, dtype=getattr(torch, dtype), trust_remote_code=trust, **kwargs).eval()
         kwargs.pop("use_safetensors", None)
-        with _quiet_transformers(ref.kind == "gguf"):  # the GGUF "legacy tokenizer" notice, on every load
+        with quiet_transformers(ref.kind == "gguf"):  # the GGUF "legacy tokenizer" notice, on every load
             tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust, **kwargs)
     except (OSError, ValueError) as exc:  # transformers' errors for an unusable model folder
         raise SurgeryError(f"cannot load {ref.given}: {first_line(exc)}") from exc
@@ -67,7 +67,7 @@ def load_model_and_tokenizer(
 
 
 @contextmanager
-def _quiet_transformers(enabled: bool) -> Iterator[None]:
+def quiet_transformers(enabled: bool) -> Iterator[None]:
     """transformers' warnings off for the block (when ``enabled``); its errors still raise."""
     if not enabled:
         yield

@@ -229,8 +229,26 @@ class SurgeryPreTrainedModel(PreTrainedModel):
 class SurgeryModel(SurgeryPreTrainedModel):
     """A surgery checkpoint of a non-generative source architecture (e.g. a BERT encoder)."""
 
-    def forward(self, input_ids=None, attention_mask=None, output_hidden_states=None, **kwargs):
-        return self._run_inner(output_hidden_states, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        output_hidden_states=None,
+        **kwargs,
+    ):
+        # Named (not only **kwargs) so that signature-driven tools such as optimum's ONNX exporter see them.
+        return self._run_inner(
+            output_hidden_states,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
 
 
 class SurgeryForCausalLM(SurgeryPreTrainedModel, GenerationMixin):
