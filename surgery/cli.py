@@ -38,6 +38,9 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
         "Score a model, with a plan applied in memory, on the paper's benchmarks.",
     ),
     "glue": ("surgery.glue.cli", "glue", "Fine-tune and score an encoder on GLUE with a plan applied in memory."),
+    "push": ("surgery.publish.cli", "push", "Publish a checkpoint to the Hugging Face Hub with a truthful model card."),
+    "card": ("surgery.publish.cli", "card", "Re-render a checkpoint's model card with eval and bench results."),
+    "bench": ("surgery.bench.cli", "bench", "Latency of variants side by side: prefill, decode, ratios to the first."),
     "export": (
         "surgery.exporters.onnx.cli",
         "export",

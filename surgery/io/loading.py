@@ -38,6 +38,18 @@ def check_loadable(
     return ref, config, trust
 
 
+def load_model(
+    model: str | ModelRef,
+    *,
+    dtype: str = "float32",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+):
+    """The model alone, in eval mode (causal LM for generative sources, base model for encoders)."""
+    return _load(model, dtype, revision, trust_remote_code, allow_pickle, with_tokenizer=False)[0]
+
+
 def load_model_and_tokenizer(
     model: str | ModelRef,
     *,
@@ -47,6 +59,10 @@ def load_model_and_tokenizer(
     allow_pickle: bool = False,
 ):
     """Return ``(model, tokenizer)`` in eval mode. Generative sources load as causal LMs, encoders as base models."""
+    return _load(model, dtype, revision, trust_remote_code, allow_pickle, with_tokenizer=True)
+
+
+def _load(model, dtype: str, revision, trust_remote_code: bool, allow_pickle: bool, *, with_tokenizer: bool):
     ref, config, trust = check_loadable(
         model, revision=revision, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
     )
@@ -56,11 +72,13 @@ def load_model_and_tokenizer(
 
     location, kwargs = ref.pretrained_args(allow_pickle=allow_pickle)
     auto = AutoModelForCausalLM if spec.generative else AutoModel
+    tokenizer = None
     try:
         loaded = auto.from_pretrained(location, dtype=getattr(torch, dtype), trust_remote_code=trust, **kwargs).eval()
         kwargs.pop("use_safetensors", None)
-        with quiet_transformers(ref.kind == "gguf"):  # the GGUF "legacy tokenizer" notice, on every load
-            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust, **kwargs)
+        if with_tokenizer:
+            with quiet_transformers(ref.kind == "gguf"):  # the GGUF "legacy tokenizer" notice, on every load
+                tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust, **kwargs)
     except (OSError, ValueError) as exc:  # transformers' errors for an unusable model folder
         raise SurgeryError(f"cannot load {ref.given}: {first_line(exc)}") from exc
     return loaded, tokenizer

@@ -1,0 +1,41 @@
+"""The shape of ``bench.json``, defined once: written by :mod:`surgery.bench.run`, read by the model card."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Spread(BaseModel):
+    median: float
+    min: float
+    max: float
+
+
+class BenchResult(BaseModel):
+    """One model on one backend: measured, or ``skipped`` with the reason (``n/a: ...`` when not applicable)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    backend: str
+    prefill_ms: Spread | None = None
+    decode_ms_per_token: Spread | None = None
+    tokens_per_s: float | None = None
+    peak_memory_mb: float | None = None
+    ratio_prefill: float | None = None
+    ratio_decode: float | None = None
+    weight_bytes_per_token: int | None = None
+    ratio_weight_bytes: float | None = None
+    skipped: str | None = None
+
+
+class BenchPayload(BaseModel):
+    """``{"machine": {...}, "settings": {...}, "method": ..., "results": [...]}``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    results: list[BenchResult]
