@@ -1,15 +1,30 @@
-"""Model card (README.md) of an output checkpoint, rendered from its provenance record (``surgery.json``)."""
+"""Model card (README.md) of an output checkpoint, rendered from its provenance record (``surgery.json``).
+
+The front matter holds the Hub's model card fields (``library_name``, ``base_model``, ``base_model_relation``,
+``pipeline_tag``, ``tags``, ``model-index``) and is written exactly as ``huggingface_hub.ModelCardData.to_yaml``
+writes it (``yaml.dump``, keys in this order; tests compare the two), without importing huggingface_hub:
+that import (requests, chardet) would add about 0.2 s to every ``apply``. ``apply`` writes the first card
+(:func:`write_model_card`); ``surgery card`` and ``surgery push`` re-render it with what was measured later
+(:class:`CardExtras`, built by :mod:`surgery.publish.results` with ``ModelCardData`` / ``EvalResult``; those
+commands also parse every card they write back through ``huggingface_hub.ModelCard``). Every fact on the card
+comes from ``surgery.json``, the checkpoint's own files or a measurement file: nothing is claimed that was not
+recorded or measured.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from surgery import PROJECT_URL
-from surgery.fileio import atomic_write_text
+from surgery.fileio import atomic_write_text, sha256_file
 from surgery.plan import ExecutionPlan
-from surgery.provenance import PROVENANCE_FILE, Provenance
+from surgery.provenance import PROVENANCE_FILE, Provenance, Stage
 
 OP_MEANINGS = {
     "skip": "layers A..B are not run (paper §3.2)",
@@ -21,6 +36,26 @@ OP_MEANINGS = {
         "layers A..B read the same input and their outputs are averaged; xK applies the block K times (§3.5, §3.7)"
     ),
 }
+REMOTE_CODE_FILES = ("configuration_surgery.py", "modeling_surgery.py")
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # what the Hub accepts as base_model
+STAGES_DESCRIBED_ELSEWHERE = ("apply", "push", "finetune")
+
+
+@dataclass
+class CardExtras:
+    """What was measured after ``apply``: markdown sections, ``model-index`` results and extra tags."""
+
+    sections: list[str] = field(default_factory=list)  # markdown, each starting with "## "
+    metadata: dict[str, Any] = field(default_factory=dict)  # extra front matter, e.g. {"model-index": [...]}
+    tags: list[str] = field(default_factory=list)
+
+
+def format_bytes(size: int) -> str:
+    """``1234567`` -> ``1.2 MB`` (decimal units, as the Hub shows file sizes)."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if size >= scale:
+            return f"{size / scale:,.1f} {unit}"
+    return f"{size} B"
 
 
 def _ops_in(canonical: str) -> list[str]:
@@ -41,26 +76,139 @@ def _origin(source: dict) -> str:
     return f"the local checkpoint **{Path(str(source.get('source', source.get('given')))).name}**"
 
 
-def write_model_card(
-    out_dir: Path, record: Provenance, execution: ExecutionPlan, *, name: str, custom_class: bool, generative: bool
-) -> None:
-    """Write a Hub model card: front matter (base_model, library_name, tags) + what was done and how to load.
+def base_model_of(source: dict) -> str | None:
+    """The Hub id the Hub's ``base_model`` can name: the source repo, or the one a GGUF file's metadata names."""
+    candidate = source.get("repo_id") or source.get("gguf_repo")
+    return candidate if isinstance(candidate, str) and HUB_ID.match(candidate) else None
 
-    ``name`` is what the user will load: the final directory name (or, once pushed, the repo id), never the
-    temporary directory the checkpoint is written in.
-    """
-    plan = record.plan.model_dump()
-    source = record.source
-    output = record.output
-    ops = _ops_in(plan["canonical"])
-    base_model = source.get("repo_id") or source.get("gguf_repo")
-    front: dict = {"library_name": "transformers", "tags": ["surgery", "layer-surgery", *ops]}
-    if base_model:
-        front["base_model"] = base_model
-    if custom_class:
-        front["tags"].append("custom_code")
+
+def last_stage(record: Provenance, name: str) -> Stage | None:
+    """The most recent stage called ``name`` in the record's history."""
+    return next((stage for stage in reversed(record.history) if stage.stage == name), None)
+
+
+def _why_custom(record: Provenance) -> str:
+    if any(len(step) > 1 for step in record.plan.steps):
+        return "the plan runs layers in parallel, which the source architecture cannot express"
+    if record.output.get("tie_repeats"):
+        return "each repeated layer is stored once (`--tie-repeats`), which the source architecture cannot express"
+    return "it was written with `--surgery-class`"
+
+
+def _use_section(directory: Path, record: Provenance, name: str, custom_class: bool, generative: bool) -> str:
     auto = "AutoModelForCausalLM" if generative else "AutoModel"
     remote = ", trust_remote_code=True" if custom_class else ""
+    code = f"""```python
+from transformers import {auto}, AutoTokenizer
+model = {auto}.from_pretrained("{name}"{remote})
+tokenizer = AutoTokenizer.from_pretrained("{name}")
+```"""
+    if not custom_class:
+        return f"## Use\n\nA plain `{record.output['architecture']}`; no custom code.\n\n{code}\n"
+    config = _read_json(directory / "config.json")
+    inner = ", ".join(config.get("source_architectures") or []) or "the source architecture"
+    from surgery import __version__
+    from surgery.modeling import MODELING_FILES
+
+    ours = {path.name: sha256_file(path) for path in MODELING_FILES}
+    theirs = {file: sha256_file(directory / file) for file in REMOTE_CODE_FILES if (directory / file).is_file()}
+    hashes = "\n".join(f"- `{file}`: sha256 `{digest}`" for file, digest in theirs.items())
+    if theirs == ours:
+        what = (
+            f"They import only torch and transformers (not the surgery package) and download nothing: "
+            f"`SurgeryConfig` is the source config plus the map from stored to executed layers, and "
+            f"`{record.output['architecture']}` builds transformers' own `{inner}` with the stored layers and runs "
+            f"them in the executed order (a parallel group's outputs are averaged). They are byte-identical to the "
+            f"files surgery {__version__} writes (checked when this card was rendered); read them before trusting them."
+        )
+    else:
+        what = f"They differ from the files surgery {__version__} writes: read them before trusting them."
+    return f"""## Use
+
+{code}
+
+**What `trust_remote_code=True` runs.** This checkpoint uses the surgery model class because {_why_custom(record)}.
+`trust_remote_code=True` lets transformers import the two Python files shipped here, `configuration_surgery.py`
+and `modeling_surgery.py`, written by surgery {record.surgery_version}. {what}
+
+{hashes}
+"""
+
+
+def _finetune_section(stage: Stage | None) -> str:
+    if stage is None:
+        return ""
+    rows = "\n".join(f"| {key} | {_cell(value)} |" for key, value in stage.details.items())
+    table = f"| setting | value |\n|---|---|\n{rows}\n" if rows else ""
+    return (
+        f"## Fine-tuning\n\nAfter the surgery the weights were fine-tuned with surgery {stage.surgery_version} "
+        f"({stage.date}):\n\n{table}"
+    )
+
+
+def _later_stages_section(record: Provenance) -> str:
+    stages = [stage for stage in record.history if stage.stage not in STAGES_DESCRIBED_ELSEWHERE]
+    if not stages:
+        return ""
+    rows = "\n".join(
+        f"| {stage.stage} | {stage.date} | {stage.surgery_version} | "
+        f"{', '.join(f'{k}={_cell(v)}' for k, v in stage.details.items())} |"
+        for stage in stages
+    )
+    return f"## Later stages\n\n| stage | date (UTC) | surgery | details |\n|---|---|---|---|\n{rows}\n"
+
+
+def _cell(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _plan_section(record: Provenance) -> str:
+    plan = record.plan
+    given = plan.given.strip()
+    given_text = f"\n\n```yaml\n{given}\n```" if "\n" in given else f" `{given}`"
+    return f"""## Plan
+
+- as given:{given_text}
+- canonical: `{plan.canonical}`
+- executed (source layer indices, in order): `{plan.executed}`
+"""
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def render_model_card(
+    directory: Path,
+    record: Provenance,
+    *,
+    name: str,
+    custom_class: bool,
+    generative: bool,
+    extras: CardExtras | None = None,
+) -> str:
+    """The README.md text of the checkpoint in ``directory``.
+
+    ``name`` is what the user loads: the directory name, or the repo id once pushed.
+    """
+    extras = extras or CardExtras()
+    plan, source, output = record.plan, record.source, record.output
+    ops = _ops_in(plan.canonical)
+    finetune = last_stage(record, "finetune")
+    base_model = base_model_of(source)
+    tags = ["surgery", "layer-surgery", *ops, *(["custom_code"] if custom_class else []), *extras.tags]
+    front: dict[str, Any] = {"library_name": "transformers"}
+    if base_model:
+        front["base_model"] = base_model
+        front["base_model_relation"] = "finetune" if finetune else "merge"
+    front["pipeline_tag"] = "text-generation" if generative else "feature-extraction"
+    front["tags"] = list(dict.fromkeys(tags))
+    front.update(extras.metadata)
     meanings = "\n".join(f"- `{op}`: {OP_MEANINGS[op]}" for op in ops if op in OP_MEANINGS)
     if "sequence" in ops:
         meanings += "\n- `sequence`: an explicit executed sequence of layers and parallel groups"
@@ -69,36 +217,64 @@ def write_model_card(
         if custom_class
         else f"the source architecture (`{output['architecture']}`)"
     )
+    revision = f" (revision `{source['revision']}`)" if source.get("revision") else ""
+    if finetune:
+        changed = "Layers were dropped, reordered, repeated or run in parallel, then the weights were fine-tuned."
+    else:
+        changed = (
+            "No weights were trained or changed: layers were only dropped, reordered, repeated or run in "
+            "parallel. Expect lower quality than the source model, most of all on math and reasoning."
+        )
+    weights = ", ".join(output.get("tensor_dtypes") or [])
+    if output.get("total_bytes"):
+        weights += f" ({format_bytes(int(output['total_bytes']))})"
+    measured = "\n".join(extras.sections) or "No benchmark or latency results are recorded for this checkpoint.\n"
     body = f"""
 # {name}
 
-Layer surgery of {_origin(source)} with the plan `{plan["canonical"]}`, made with
+Layer surgery of {_origin(source)}{revision} with the plan `{plan.canonical}`, made with
 [surgery]({PROJECT_URL}) {record.surgery_version}, after *Transformer Layers as Painters*
-(Sun, Pickett, Nain, Jones, 2024). No weights were trained or changed: layers were only dropped, reordered,
-repeated or run in parallel. Expect lower quality than the source model, most of all on math and reasoning.
+(Sun, Pickett, Nain, Jones, 2024). {changed}
 
 | | |
 |---|---|
 | source layers | {source["num_layers"]} |
 | executed layer instances | {output["executed_layers"]} |
 | stored layers | {output["stored_layers"]} |
-| executed sequence | `{execution.describe()}` |
+| executed sequence | `{plan.executed}` |
 | layout | {layout} |
+| weights | {weights or "-"} |
 
+{_plan_section(record)}
 ## What the plan does
 {meanings or "- identity: every layer runs once, in order"}
 
 Indices are 0-based over the source model's layers; `A-B` is inclusive. A bracketed group `[a b c]` in the
 executed sequence is a parallel block (outputs averaged); `xK` repeats it K times.
 
-## Use
-```python
-from transformers import {auto}, AutoTokenizer
-model = {auto}.from_pretrained("{name}"{remote})
-tokenizer = AutoTokenizer.from_pretrained("{name}")
-```
-
-Provenance (plan as given and resolved, source, package version) is in `{PROVENANCE_FILE}`.
+{_use_section(directory, record, name, custom_class, generative)}
+{_finetune_section(finetune)}
+{measured}
+{_later_stages_section(record)}
+Provenance (plan as given and resolved, source, package version, every later stage) is in `{PROVENANCE_FILE}`.
 """
-    text = "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n" + body
-    atomic_write_text(out_dir / "README.md", text)
+    body = re.sub(r"\n{3,}", "\n\n", body)
+    return f"---\n{front_matter_yaml(front)}\n---\n{body}"
+
+
+def front_matter_yaml(front: dict[str, Any]) -> str:
+    """The YAML block between the ``---`` lines, as ``huggingface_hub.ModelCardData.to_yaml`` writes it."""
+    return yaml.dump(front, sort_keys=False, allow_unicode=True).strip()
+
+
+def write_model_card(
+    out_dir: Path, record: Provenance, execution: ExecutionPlan, *, name: str, custom_class: bool, generative: bool
+) -> None:
+    """Write the first model card of a checkpoint (``apply``): what was done and how to load it.
+
+    ``name`` is what the user will load: the final directory name (or, once pushed, the repo id), never the
+    temporary directory the checkpoint is written in. ``execution`` is the plan ``record`` already describes
+    (``record.plan.executed``); the parameter stays for callers that have it at hand.
+    """
+    text = render_model_card(Path(out_dir), record, name=name, custom_class=custom_class, generative=generative)
+    atomic_write_text(Path(out_dir) / "README.md", text)

@@ -54,6 +54,9 @@ class Provenance(BaseModel):
     source: dict[str, Any]
     output: dict[str, Any]
     history: list[Stage] = Field(default_factory=list)
+    # What the model card shows as measured (eval / baseline / bench payloads, validated and trimmed by
+    # surgery.publish.measurements); set by `surgery card` / `surgery push`, absent until then.
+    measurements: dict[str, Any] | None = None
 
     def add_stage(self, stage: str, **details: Any) -> Stage:
         """Append a stage (with this package's version and the UTC time) and return it."""
@@ -62,7 +65,12 @@ class Provenance(BaseModel):
         return record
 
     def write(self, directory: Path) -> None:
-        atomic_write_text(Path(directory) / PROVENANCE_FILE, self.model_dump_json(indent=2) + "\n")
+        atomic_write_text(Path(directory) / PROVENANCE_FILE, self.to_json())
+
+    def to_json(self) -> str:
+        """The text of ``surgery.json`` (``measurements`` left out while there are none)."""
+        exclude = {"measurements"} if self.measurements is None else None
+        return self.model_dump_json(indent=2, exclude=exclude) + "\n"
 
     @classmethod
     def read(cls, directory: Path) -> Provenance | None:

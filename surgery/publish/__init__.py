@@ -1,0 +1,7 @@
+"""Publishing a checkpoint: ``surgery card`` (re-render README.md) and ``surgery push`` (upload to the Hub).
+
+``config`` (settings), ``measurements`` (eval / bench files, validated and checked against the checkpoint),
+``results`` (their card sections and ``model-index``), ``checkpoint`` (what is published and which files),
+``render`` (``surgery card``), ``push`` (``surgery push``), ``cli`` (both commands). The card itself is
+rendered by :mod:`surgery.card`.
+"""

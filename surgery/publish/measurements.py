@@ -1,0 +1,295 @@
+"""What a card may show as measured: ``surgery eval --output`` files and a ``surgery bench`` file.
+
+Each file is validated at the edge (pydantic; one error line naming the option and the file), checked against
+the checkpoint it is meant to describe (an eval of another model is refused, not shown), trimmed to what the
+card uses (no local paths) and kept in ``surgery.json`` under ``measurements``, so a card re-rendered later, or
+pushed without the options, still shows them. Options given again replace what was kept.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from surgery.bench.schema import BenchPayload
+from surgery.errors import SurgeryError
+from surgery.fileio import sha256_file
+from surgery.io.model_ref import read_json_object
+from surgery.provenance import Provenance
+
+NOT_METRICS = ("sample_len",)
+CONFIG_KEYS = (
+    "plan",
+    "plan_canonical",
+    "source_layers",
+    "executed_layers",
+    "limit",
+    "batch_size",
+    "dtype",
+    "device",
+    "surgery_version",
+    "lm_eval_version",
+    "transformers_version",
+)
+DATA_KEYS = ("source", "dataset", "standin", "note")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def public_name(text: str) -> str:
+    """A model reference fit for a public card: a Hub id as is, a local path reduced to its last part."""
+    if text.startswith(("/", "~", ".")) or "\\" in text or text.count("/") > 1:
+        return Path(text).name
+    return text
+
+
+class Metric(BaseModel):
+    """One metric of one task: lm-eval's key (``acc_norm,none``), value and standard error."""
+
+    key: str
+    value: float
+    stderr: float | None = None
+
+    @property
+    def name(self) -> str:
+        """``acc_norm``, or ``exact_match (strict-match)`` when the filter is not lm-eval's ``none``."""
+        metric, _, filt = self.key.partition(",")
+        return metric if filt in ("", "none") else f"{metric} ({filt})"
+
+
+class EvalRun(BaseModel):
+    """One ``surgery eval --output`` file (or lm-eval's own results JSON), trimmed to what a card uses."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    file: str
+    sha256: str
+    results: dict[str, dict[str, float | None]]
+    n_samples: dict[str, dict[str, int]] = Field(default_factory=dict, alias="n-samples")
+    config: dict[str, Any] = Field(default_factory=dict)
+    chance: dict[str, dict[str, float | None]] = Field(default_factory=dict)
+    normalized: dict[str, Any] | None = None
+
+    @field_validator("results", mode="before")
+    @classmethod
+    def _metrics_only(cls, results: Any) -> Any:
+        if not isinstance(results, dict) or not results:
+            raise ValueError("must be a non-empty object {task: {metric: value}}")
+        trimmed = {}
+        for task, metrics in results.items():
+            if not isinstance(metrics, dict):
+                raise ValueError(f"{task}: must be an object {{metric: value}}")
+            kept = {k: v for k, v in metrics.items() if k not in NOT_METRICS and (v is None or _is_number(v))}
+            if not any(_is_number(v) and "_stderr" not in k for k, v in kept.items()):
+                raise ValueError(f"{task}: no numeric metric")
+            trimmed[task] = kept
+        return trimmed
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _public_config(cls, config: Any) -> Any:
+        if not isinstance(config, dict):
+            return config
+        out = {key: config[key] for key in CONFIG_KEYS if key in config}
+        if isinstance(config.get("model"), str):
+            out["model"] = public_name(config["model"])
+        if isinstance(config.get("data"), dict):
+            out["data"] = {
+                task: {key: info[key] for key in DATA_KEYS if key in info}
+                for task, info in config["data"].items()
+                if isinstance(info, dict)
+            }
+        return out
+
+    def metrics(self, task: str) -> list[Metric]:
+        """The task's metrics with their standard errors, in lm-eval's key order."""
+        values = self.results[task]
+        out = []
+        for key, value in values.items():
+            if "_stderr" in key or not _is_number(value):
+                continue
+            metric, comma, filt = key.partition(",")
+            stderr = values.get(f"{metric}_stderr{comma}{filt}")
+            out.append(Metric(key=key, value=value, stderr=stderr if _is_number(stderr) else None))
+        return out
+
+    def examples(self, task: str) -> tuple[int | None, int | None]:
+        """(evaluated, in the benchmark) examples of a task, from lm-eval's ``n-samples``."""
+        counts = self.n_samples.get(task, {})
+        return counts.get("effective"), counts.get("original")
+
+    def standin(self, task: str) -> bool:
+        return bool(self.config.get("data", {}).get(task, {}).get("standin")) or task.endswith("_standin")
+
+
+class BenchRun(BenchPayload):
+    """A ``surgery bench`` file (its schema is :mod:`surgery.bench.schema`) and where it came from, without the
+    local paths it may hold (model paths reduced to their last part, settings to plain values)."""
+
+    file: str
+    sha256: str
+
+    @field_validator("settings", mode="before")
+    @classmethod
+    def _plain_settings(cls, settings: Any) -> Any:
+        if not isinstance(settings, dict):
+            return settings
+        return {
+            key: value
+            for key, value in settings.items()
+            if value is None
+            or _is_number(value)
+            or isinstance(value, bool)
+            or (isinstance(value, str) and "/" not in value)
+        }
+
+    @model_validator(mode="after")
+    def _public_models(self) -> BenchRun:
+        for row in self.results:
+            row.model = public_name(row.model)
+        return self
+
+
+class Measurements(BaseModel):
+    """Everything a card shows as measured; stored as ``surgery.json``'s ``measurements``."""
+
+    eval: list[EvalRun] = Field(default_factory=list)
+    baseline: EvalRun | None = None
+    bench: BenchRun | None = None
+
+    def dump(self) -> dict[str, Any] | None:
+        """The JSON-safe record for ``surgery.json`` (None when nothing was measured)."""
+        if not self.eval and self.bench is None:
+            return None
+        return self.model_dump(mode="json", by_alias=True)
+
+    def merged_results(self) -> dict[str, dict[str, float | None]]:
+        """Every task of every eval file (tasks are unique across files)."""
+        return {task: metrics for run in self.eval for task, metrics in run.results.items()}
+
+    def run_of(self, task: str) -> EvalRun:
+        return next(run for run in self.eval if task in run.results)
+
+    def normalized(self) -> dict[str, Any] | None:
+        """Per-task normalized scores and their median: computed against ``baseline`` when there is one,
+        else merged from the eval files' own ``normalized`` blocks (``surgery eval --baseline``)."""
+        from surgery.evaluation.normalize import normalized_scores
+
+        if self.baseline is not None:
+            chance = {task: values for run in self.eval for task, values in run.chance.items()}
+            variant = {"results": self.merged_results(), "chance": chance}
+            scores = normalized_scores(variant, self.baseline.model_dump(by_alias=True), chance or None)
+            return {**scores, "baseline": self.baseline.file} if scores["tasks"] else None
+        blocks = [run.normalized for run in self.eval if run.normalized and run.normalized.get("tasks")]
+        if not blocks:
+            return None
+        tasks = {task: entry for block in blocks for task, entry in block["tasks"].items()}
+        values = [entry["normalized"] for entry in tasks.values() if entry.get("normalized") is not None]
+        baselines = sorted({str(block.get("baseline")) for block in blocks if block.get("baseline")})
+        return {
+            "tasks": tasks,
+            "median": statistics.median(values) if values else None,
+            "num_tasks": len(values),
+            "warnings": [warning for block in blocks for warning in block.get("warnings", [])],
+            "baseline": ", ".join(public_name(name) for name in baselines) or None,
+        }
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}"
+
+
+def _load(model: type[BaseModel], path: Path, option: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise SurgeryError(f"{option} {path}: no such file")
+    data = read_json_object(path, f"{option} file")
+    try:
+        return model.model_validate({**data, "file": path.name, "sha256": sha256_file(path)})
+    except ValidationError as exc:
+        raise SurgeryError(f"{option} {path}: {_first_error(exc)}") from None
+
+
+def load_eval(path: Path, option: str = "--eval") -> EvalRun:
+    """A results JSON of ``surgery eval --output`` (lm-eval's ``results`` plus surgery's ``config``...)."""
+    return _load(EvalRun, path, option)
+
+
+def load_bench(path: Path) -> BenchRun:
+    """A ``surgery bench`` JSON: ``{"machine": {...}, "settings": {...}, "results": [{model, backend, ...}]}``."""
+    return _load(BenchRun, path, "--bench")
+
+
+def _plan_of(run: EvalRun) -> str | None:
+    plan = run.config.get("plan_canonical") or run.config.get("plan")
+    return None if plan in (None, "identity") else str(plan)
+
+
+def check_describes(measurements: Measurements, record: Provenance) -> None:
+    """Refuse measurements of another model: every ``--eval`` must be of this checkpoint (or of its source with
+    the same plan applied in memory), the ``--baseline`` of the unmodified source, on the same examples."""
+    executed, source_layers = record.output.get("executed_layers"), record.source.get("num_layers")
+    seen: dict[str, str] = {}
+    for run in measurements.eval:
+        layers, plan = run.config.get("executed_layers"), _plan_of(run)
+        if layers is not None and layers != executed:
+            raise SurgeryError(
+                f"--eval {run.file} measured a model that executes {layers} layers; this checkpoint executes "
+                f"{executed}: those are not its results"
+            )
+        if plan is not None and plan != record.plan.canonical:
+            raise SurgeryError(
+                f"--eval {run.file} measured the plan {plan!r}; this checkpoint is {record.plan.canonical!r}"
+            )
+        for task in run.results:
+            if task in seen:
+                raise SurgeryError(f"task {task} is in both --eval {seen[task]} and --eval {run.file}; give it once")
+            seen[task] = run.file
+    baseline = measurements.baseline
+    if baseline is None:
+        return
+    if not measurements.eval:
+        raise SurgeryError("--baseline needs --eval: the base model's results are shown next to this model's")
+    layers = baseline.config.get("executed_layers")
+    if _plan_of(baseline) is not None or (layers is not None and layers != source_layers):
+        raise SurgeryError(
+            f"--baseline {baseline.file} is not the unmodified base model (plan {_plan_of(baseline)!r}, "
+            f"{layers} executed layers; the source has {source_layers})"
+        )
+    for task in seen:
+        ours, theirs = measurements.run_of(task).examples(task)[0], baseline.examples(task)[0]
+        if ours is not None and theirs is not None and ours != theirs:
+            raise SurgeryError(
+                f"task {task}: --eval evaluated {ours} examples, --baseline {theirs}; rerun both with the same --limit"
+            )
+
+
+def resolve_measurements(
+    record: Provenance, *, eval_files: list[Path], baseline: Path | None, bench: Path | None
+) -> Measurements:
+    """What the card will show: the files given (validated and checked) in place of those kept in the record.
+
+    ``--eval`` replaces the kept eval files and baseline, ``--baseline`` the kept baseline, ``--bench`` the kept
+    bench file; kinds not given stay as kept.
+    """
+    try:
+        kept = Measurements.model_validate(record.measurements or {})
+    except ValidationError as exc:
+        raise SurgeryError(f"invalid measurements in surgery.json: {_first_error(exc)}") from None
+    measurements = kept.model_copy()
+    if eval_files:
+        measurements.eval = [load_eval(path) for path in eval_files]
+        measurements.baseline = None
+    if baseline is not None:
+        measurements.baseline = load_eval(baseline, "--baseline")
+    if bench is not None:
+        measurements.bench = load_bench(bench)
+    check_describes(measurements, record)
+    return measurements
