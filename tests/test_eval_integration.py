@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from resources import DATA_DIR as DATA
-from resources import data_path, smollm2_gguf
+from resources import data_path
 
 from surgery.materialize import apply_plan
 
@@ -30,11 +30,9 @@ def _offline_and_data(monkeypatch_module):
 
 
 @pytest.fixture(scope="module")
-def smollm(tmp_path_factory) -> Path:
-    """SmolLM2 as a plain HF directory (what lm-eval's HF backend loads)."""
-    out = tmp_path_factory.mktemp("smollm-eval") / "full"
-    apply_plan(str(smollm2_gguf()), "identity", out)
-    return out
+def smollm(smollm2_dir) -> Path:
+    """SmolLM2 as a plain HF directory (what lm-eval's HF backend loads; dequantized once, in conftest)."""
+    return smollm2_dir
 
 
 def _lm_eval_itself(model_dir: Path, tasks: str, limit: int, tmp_path: Path, **kwargs) -> dict:

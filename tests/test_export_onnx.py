@@ -151,10 +151,15 @@ def test_export_config_is_a_command_config():
 
 @pytest.mark.integration
 def test_smollm2_variants_export_with_parity(smollm2_dir, tmp_path):
-    """The real model: a plain skip and a wrapper parallel block, real prompts through the real tokenizer."""
-    for plan, name in (("skip:13-19", "skip"), ("parallel:13-19", "parallel")):
-        apply_plan(str(smollm2_dir), plan, tmp_path / name)
-        record = _export(tmp_path / name, tmp_path / f"{name}-onnx")
+    """The real model, every plan kind in three exports; real prompts through the real tokenizer."""
+    plans = [
+        ("reverse:10-12,shuffle:13-15@1,repeat:16-17@16,loop:18-19x2,skip:20-21", ApplyOptions()),  # plain
+        ("repeat:10-12@11,parallel:14-16x2", ApplyOptions(tie_repeats=True)),  # tied repeat + looped parallel
+        ("parallel:13-19", ApplyOptions()),
+    ]
+    for index, (plan, options) in enumerate(plans):
+        apply_plan(str(smollm2_dir), plan, tmp_path / str(index), options)
+        record = _export(tmp_path / str(index), tmp_path / f"{index}-onnx")
         parity = record["parity"]
-        assert parity["passed"] and parity["prompts"][0] == "The capital of France is", parity
-        assert parity["generation_equal"] and parity["generated_tokens"] == 32
+        assert parity["passed"] and parity["prompts"][0] == "The capital of France is", (plan, parity)
+        assert parity["generation_equal"] and parity["generated_tokens"] == 32 and parity["max_abs_diff"] <= 1e-3

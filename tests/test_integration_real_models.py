@@ -25,11 +25,9 @@ def smollm_gguf(smollm2_gguf_path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def smollm_identity(smollm_gguf, tmp_path_factory) -> Path:
-    """The GGUF dequantized through `surgery apply` with the identity plan (a plain HF checkpoint)."""
-    out = tmp_path_factory.mktemp("smollm") / "identity"
-    apply_plan(str(smollm_gguf), "identity", out)
-    return out
+def smollm_identity(smollm2_dir) -> Path:
+    """The GGUF dequantized through `surgery apply` with the identity plan (a plain HF checkpoint; conftest)."""
+    return smollm2_dir
 
 
 @pytest.fixture(scope="module")

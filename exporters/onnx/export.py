@@ -138,10 +138,10 @@ def export_onnx(config: ExportConfig, *, log=None) -> dict[str, Any]:
     from optimum.exporters.onnx import onnx_export_from_model
 
     from surgery.exporters.onnx.parity import check_parity
-    from surgery.io.loading import quiet_transformers
     from surgery.io.output_dir import staged_output
     from surgery.io.source import copy_side_files
     from surgery.provenance import Provenance
+    from surgery.quiet import quiet_logger, quiet_transformers
 
     task = task_for(spec, model_config, config.cache)
     surgery_class = model_config.get("model_type") == "surgery"
@@ -153,7 +153,7 @@ def export_onnx(config: ExportConfig, *, log=None) -> dict[str, Any]:
         log(f"exporting with optimum-onnx (TorchScript exporter, opset {config.opset})")
         # TorchScript's TracerWarnings about Python branches on tensors in transformers' cache/mask code are
         # expected for this exporter; the parity check below is what tells whether the graph is right.
-        with warnings.catch_warnings(), quiet_transformers(True):
+        with warnings.catch_warnings(), quiet_transformers(True), quiet_logger("optimum"):
             warnings.simplefilter("ignore")
             onnx_export_from_model(
                 model,

@@ -72,7 +72,7 @@ def plot(payload: dict[str, Any], path: Path) -> bool:
         return False
     backends = list(dict.fromkeys(r["backend"] for r in measured))
     models = list(dict.fromkeys(r["model"] for r in measured))
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.6 * len(models) * len(backends)), 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(min(14, max(7, 0.8 * len(models) * len(backends))), 4.2), sharey=True)
     width = 0.8 / len(backends)
     for axis, (key, title) in zip(axes, (("ratio_prefill", "prefill"), ("ratio_decode", "decode per token"))):
         for offset, backend in enumerate(backends):

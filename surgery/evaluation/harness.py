@@ -15,7 +15,6 @@ Tasks and their datasets are loaded once per :class:`TaskSet` and reused for eve
 from __future__ import annotations
 
 import copy
-import logging
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -32,6 +31,7 @@ from surgery.evaluation.tasks import (
     write_task_yamls,
 )
 from surgery.io.data_dir import resolve_data_dir
+from surgery.quiet import quiet_logger
 
 # lm-eval's own defaults (lm_eval.simple_evaluate / the lm_eval CLI)
 LM_EVAL_SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234, "fewshot_random_seed": 1234}
@@ -192,7 +192,7 @@ class TaskSet:
         for name, kwargs in self._generation_kwargs.items():
             self.tasks[name].set_config("generation_kwargs", copy.deepcopy(kwargs))
         with planned(model, plan) if plan is not None else nullcontext(), _without_env_info():
-            with _quiet_logger("lm_eval.models.huggingface"):
+            with quiet_logger("lm_eval.models.huggingface"):
                 lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
             results = simple_evaluate(
                 model=lm,
@@ -205,22 +205,6 @@ class TaskSet:
                 **seeds_for(seed),
             )
         return results
-
-
-def _quiet_logger(name: str):
-    """Context manager silencing one logger's warnings (HFLM warns that a model object, not a name, was given)."""
-
-    @contextmanager
-    def quiet() -> Iterator[None]:
-        logger = logging.getLogger(name)
-        level = logger.level
-        logger.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            logger.setLevel(level)
-
-    return quiet()
 
 
 def evaluate(model: str, **settings: Any) -> dict[str, Any]:

@@ -50,10 +50,10 @@ def subset(examples: list[Example], limit: int | None, seed: int) -> list[Exampl
 def load_classifier(config: GlueConfig, spec: TaskSpec):
     """``(model, tokenizer, newly_initialized_names)`` for ``spec``: a sequence classifier on ``config.model``."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     from surgery.architectures import arch_for
     from surgery.io.model_ref import ModelRef, first_line, remote_code_policy
+    from surgery.quiet import quiet_transformers
 
     ref = ModelRef.parse(config.model, config.revision)
     if ref.kind == "gguf":
@@ -73,17 +73,14 @@ def load_classifier(config: GlueConfig, spec: TaskSpec):
     kwargs: dict[str, Any] = {"num_labels": spec.num_labels, "trust_remote_code": trust, **location_kwargs}
     if spec.regression:
         kwargs["problem_type"] = "regression"
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "newly initialized" warning is expected: we record it instead
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            location, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
-        )
-        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust, revision=ref.revision)
+        with quiet_transformers():  # the "newly initialized" warning is expected: we record it instead
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                location, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
+            )
+            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust, revision=ref.revision)
     except (OSError, ValueError) as exc:
         raise SurgeryError(f"cannot load {config.model}: {first_line(exc)}") from exc
-    finally:
-        hf_logging.set_verbosity(verbosity)
     new = sorted({*info.get("missing_keys", ()), *(key for key, *_ in info.get("mismatched_keys", ()))})
     return model.float(), tokenizer, new
 

@@ -8,13 +8,12 @@ only with ``allow_pickle=True``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from surgery.architectures import arch_for
 from surgery.errors import SurgeryError
 from surgery.io.model_ref import ModelRef, first_line, remote_code_policy
+from surgery.quiet import quiet_transformers
 
 
 def source_model_type(config: dict[str, Any]) -> str | None:
@@ -82,19 +81,3 @@ def _load(model, dtype: str, revision, trust_remote_code: bool, allow_pickle: bo
     except (OSError, ValueError) as exc:  # transformers' errors for an unusable model folder
         raise SurgeryError(f"cannot load {ref.given}: {first_line(exc)}") from exc
     return loaded, tokenizer
-
-
-@contextmanager
-def quiet_transformers(enabled: bool) -> Iterator[None]:
-    """transformers' warnings off for the block (when ``enabled``); its errors still raise."""
-    if not enabled:
-        yield
-        return
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)

@@ -190,7 +190,8 @@ def _from_gguf(given: str, path: Path, progress: bool = False) -> SourceModel:
     if progress:
         print(f"reading {path.name} ({path.stat().st_size / 1e6:,.0f} MB GGUF): loading transformers", file=sys.stderr)
     from transformers import AutoConfig, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+
+    from surgery.quiet import quiet_transformers
 
     tmp = tempfile.TemporaryDirectory(prefix="surgery-gguf-")
     out = Path(tmp.name)
@@ -205,12 +206,8 @@ def _from_gguf(given: str, path: Path, progress: bool = False) -> SourceModel:
         config.save_pretrained(out)
         if progress:
             print("converting the GGUF tokenizer", file=sys.stderr)
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # the long "legacy tokenizer" notice is about transformers' own default
-        try:
+        with quiet_transformers():  # the long "legacy tokenizer" notice is about transformers' own default
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        finally:
-            hf_logging.set_verbosity(verbosity)
         tokenizer.save_pretrained(out)
         _drop_gguf_vocab_copy(out)
         _save_generation_config(path, config, out)
