@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from surgery import PROJECT_URL
-from surgery.fileio import atomic_write_text, sha256_file
+from surgery.fileio import atomic_write_text, format_bytes, sha256_file
 from surgery.plan import ExecutionPlan
 from surgery.provenance import PROVENANCE_FILE, Provenance, Stage
 
@@ -48,14 +48,6 @@ class CardExtras:
     sections: list[str] = field(default_factory=list)  # markdown, each starting with "## "
     metadata: dict[str, Any] = field(default_factory=dict)  # extra front matter, e.g. {"model-index": [...]}
     tags: list[str] = field(default_factory=list)
-
-
-def format_bytes(size: int) -> str:
-    """``1234567`` -> ``1.2 MB`` (decimal units, as the Hub shows file sizes)."""
-    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if size >= scale:
-            return f"{size / scale:,.1f} {unit}"
-    return f"{size} B"
 
 
 def _ops_in(canonical: str) -> list[str]:

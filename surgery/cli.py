@@ -41,6 +41,11 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "push": ("surgery.publish.cli", "push", "Publish a checkpoint to the Hugging Face Hub with a truthful model card."),
     "card": ("surgery.publish.cli", "card", "Re-render a checkpoint's model card with eval and bench results."),
     "bench": ("surgery.bench.cli", "bench", "Latency of variants side by side: prefill, decode, ratios to the first."),
+    "finetune": (
+        "surgery.finetune.cli",
+        "finetune",
+        "Heal a variant with full or LoRA fine-tuning; writes a standalone checkpoint.",
+    ),
     "export": (
         "surgery.exporters.onnx.cli",
         "export",

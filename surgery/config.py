@@ -29,16 +29,17 @@ class CommandConfig(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            raise SurgeryError(_first_error(exc)) from None
+            raise SurgeryError(validation_message(exc)) from None
 
     def record(self) -> dict[str, Any]:
         """JSON-safe settings for results files (paths as strings)."""
         return self.model_dump(mode="json")
 
 
-def _first_error(exc: ValidationError, option_names: Mapping[str, str] | None = None) -> str:
+def validation_message(exc: ValidationError, option_names: Mapping[str, str] | None = None) -> str:
+    """pydantic's first error as one line, ``where: what``; with ``option_names`` fields read as CLI options."""
     first = exc.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "config"
+    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
     if option_names is not None:
         field = option_names.get(field, "--" + field.replace("_", "-"))
     message = first["msg"].removeprefix("Value error, ")
@@ -53,4 +54,4 @@ def config_from_options(cls: type[Config], option_names: Mapping[str, str] | Non
     try:
         return cls(**options)
     except ValidationError as exc:
-        raise SurgeryError(_first_error(exc, option_names or {})) from None
+        raise SurgeryError(validation_message(exc, option_names or {})) from None

@@ -13,8 +13,11 @@ DEMO_PROMPT = "What is the capital of France?"
 
 
 def _size(path: Path) -> str:
-    total = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return f"{total / 1e6:,.1f} MB" if total >= 100_000 else f"{total / 1e3:,.1f} kB"
+    from surgery.fileio import format_bytes
+
+    return format_bytes(
+        path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    )
 
 
 def _greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> str:

@@ -62,3 +62,11 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, rule:
         lines.append("  ".join("-" * width for width in widths))
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def format_bytes(size: int) -> str:
+    """``1234567`` -> ``1.2 MB`` (decimal units, as the Hub shows file sizes)."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if size >= scale:
+            return f"{size / scale:,.1f} {unit}"
+    return f"{size} B"

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from surgery import __version__
+from surgery.config import validation_message
 from surgery.errors import SurgeryError
 from surgery.fileio import atomic_write_text
 
@@ -81,6 +82,4 @@ class Provenance(BaseModel):
         try:
             return cls.model_validate_json(path.read_bytes())
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-            raise SurgeryError(f"invalid {PROVENANCE_FILE} in {directory}: {where}: {first['msg']}") from None
+            raise SurgeryError(f"invalid {PROVENANCE_FILE} in {directory}: {validation_message(exc)}") from None

@@ -141,8 +141,7 @@ def push(
         dry_run=dry_run,
         token_env=token_env,
     )
-    from surgery.card import format_bytes
-    from surgery.fileio import format_table
+    from surgery.fileio import format_bytes, format_table
     from surgery.publish.push import push_checkpoint
 
     if quiet:

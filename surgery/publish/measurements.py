@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from surgery.bench.schema import BenchPayload
+from surgery.config import validation_message
 from surgery.errors import SurgeryError
 from surgery.fileio import sha256_file
 from surgery.io.model_ref import read_json_object
@@ -200,12 +201,6 @@ class Measurements(BaseModel):
         }
 
 
-def _first_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    return f"{where}: {first['msg'].removeprefix('Value error, ')}"
-
-
 def _load(model: type[BaseModel], path: Path, option: str) -> Any:
     path = Path(path)
     if not path.is_file():
@@ -214,7 +209,7 @@ def _load(model: type[BaseModel], path: Path, option: str) -> Any:
     try:
         return model.model_validate({**data, "file": path.name, "sha256": sha256_file(path)})
     except ValidationError as exc:
-        raise SurgeryError(f"{option} {path}: {_first_error(exc)}") from None
+        raise SurgeryError(f"{option} {path}: {validation_message(exc)}") from None
 
 
 def load_eval(path: Path, option: str = "--eval") -> EvalRun:
@@ -282,7 +277,7 @@ def resolve_measurements(
     try:
         kept = Measurements.model_validate(record.measurements or {})
     except ValidationError as exc:
-        raise SurgeryError(f"invalid measurements in surgery.json: {_first_error(exc)}") from None
+        raise SurgeryError(f"invalid measurements in surgery.json: {validation_message(exc)}") from None
     measurements = kept.model_copy()
     if eval_files:
         measurements.eval = [load_eval(path) for path in eval_files]
