@@ -53,7 +53,7 @@ def exported(tiny_checkpoints, tmp_path_factory) -> dict[tuple[str, int], tuple]
 def test_every_plan_kind_exports_with_parity(arch, index, exported):
     checkpoint, onnx_dir, record = exported[(arch, index)]
     parity = record["parity"]
-    assert parity["passed"] and parity["max_abs_diff"] <= 1e-3 and parity["generation_equal"]
+    assert parity["passed"] and parity["max_abs_diff"] <= 1e-4 and parity["generation_equal"]  # measured ~3e-7
     assert parity["generated_tokens"] == 32 and parity["generation_checked"]
     executed = json.loads((checkpoint / "config.json").read_text())["num_hidden_layers"]
     assert record["kv_cache_pairs"] == executed  # one pair per executed layer instance, not per stored layer
@@ -112,6 +112,7 @@ def test_failed_parity_installs_nothing(tiny_checkpoints, tmp_path, monkeypatch)
     import surgery.exporters.onnx.export as export_module
 
     monkeypatch.setattr(export_module, "FP32_ATOL", -1.0)  # no export can meet a negative tolerance
+    monkeypatch.setattr(export_module, "FP32_RTOL", -1.0)
     with pytest.raises(SurgeryError, match="ONNX parity check failed.*nothing was installed"):
         _export(tiny_checkpoints["llama"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -162,4 +163,5 @@ def test_smollm2_variants_export_with_parity(smollm2_dir, tmp_path):
         record = _export(tmp_path / str(index), tmp_path / f"{index}-onnx")
         parity = record["parity"]
         assert parity["passed"] and parity["prompts"][0] == "The capital of France is", (plan, parity)
-        assert parity["generation_equal"] and parity["generated_tokens"] == 32 and parity["max_abs_diff"] <= 1e-3
+        assert parity["generation_equal"] and parity["generated_tokens"] == 32
+        assert parity["max_abs_diff"] <= max(1e-3, 1e-4 * parity["max_abs_logit"])

@@ -23,7 +23,7 @@ from typing import Any
 
 from surgery import __version__
 from surgery.errors import SurgeryError
-from surgery.exporters.onnx.config import FP16_RTOL, FP32_ATOL, ExportConfig
+from surgery.exporters.onnx.config import FP16_ATOL, FP16_RTOL, FP32_ATOL, FP32_RTOL, ExportConfig
 
 EXPORT_FILE = "export.json"
 
@@ -178,14 +178,14 @@ def export_onnx(config: ExportConfig, *, log=None) -> dict[str, Any]:
         provider = "CUDAExecutionProvider" if config.device == "cuda" else "CPUExecutionProvider"
         extra = {"use_cache": config.cache} if spec.generative else {}
         ort_model = ort_class(task).from_pretrained(tmp, provider=provider, **extra)
-        relative = config.dtype == "fp16"
+        half = config.dtype == "fp16"
         parity = check_parity(
             model,
             ort_model,
             tokenizer,
             generative=spec.generative and config.cache,
-            tolerance=FP16_RTOL if relative else FP32_ATOL,
-            relative=relative,
+            atol=FP16_ATOL if half else FP32_ATOL,
+            rtol=FP16_RTOL if half else FP32_RTOL,
             new_tokens=config.parity_new_tokens,
         )
         record = {

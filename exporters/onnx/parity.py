@@ -56,9 +56,12 @@ def _outputs(output: Any):
 
 
 def check_parity(
-    torch_model, ort_model, tokenizer, *, generative: bool, tolerance: float, relative: bool, new_tokens: int
+    torch_model, ort_model, tokenizer, *, generative: bool, atol: float, rtol: float, new_tokens: int
 ) -> ParityReport:
-    """Compare ``ort_model`` (an ``ORTModel*``) with ``torch_model`` on the same inputs; nothing is modified."""
+    """Compare ``ort_model`` (an ``ORTModel*``) with ``torch_model`` on the same inputs; nothing is modified.
+
+    The logits bound is ``max(atol, rtol * max |PyTorch logit|)``; greedy generation must agree exactly.
+    """
     import torch
 
     vocab = int(getattr(torch_model.config, "vocab_size", 100))
@@ -72,7 +75,7 @@ def check_parity(
             got = _outputs(ort_model(input_ids=ids, attention_mask=mask)).float().cpu()
             worst = max(worst, (expected - got).abs().max().item())
             scale = max(scale, expected.abs().max().item())
-    bound = tolerance * max(scale, 1.0) if relative else tolerance
+    bound = max(atol, rtol * scale)
     report = ParityReport(worst, scale, bound, described, generation_checked=generative)
     if generative:
         ids = prompts[0]
