@@ -160,10 +160,12 @@ def apply(
     quiet,
 ):
     """Apply a layer plan to MODEL (Hub id, directory or .gguf) and write a standalone checkpoint to OUT_DIR."""
+    from surgery.config import config_from_options
     from surgery.io.safetensors_stream import parse_size
     from surgery.materialize import ApplyOptions, apply_plan
 
-    options = ApplyOptions(
+    options = config_from_options(
+        ApplyOptions,
         dtype=dtype,
         shard_size=parse_size(shard_size),
         tie_repeats=tie_repeats,

@@ -20,9 +20,13 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
 
 from surgery.architectures import ArchSpec, arch_for, check_parallel_attention_types
 from surgery.card import write_model_card
+from surgery.config import CommandConfig
 from surgery.errors import SurgeryError
 from surgery.io.integrity import check_config_agrees, check_layers_consistent, expected_outputs, verify_written
 from surgery.io.model_ref import ModelRef, first_line, num_layers_of, read_json_object
@@ -43,12 +47,11 @@ DTYPE_CHOICES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 SURGERY_AUTO_MAP = {"AutoConfig": "configuration_surgery.SurgeryConfig"}
 
 
-@dataclass
-class ApplyOptions:
-    """Options of ``surgery apply`` (validated by the CLI)."""
+class ApplyOptions(CommandConfig):
+    """Options of ``surgery apply`` (validated once, at the edge, like every command's config)."""
 
-    dtype: str | None = None  # one of DTYPE_CHOICES; None keeps the source dtype
-    shard_size: int = 5 * 10**9
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None  # None keeps the source dtype
+    shard_size: int = Field(default=5 * 10**9, ge=1)
     tie_repeats: bool = False
     surgery_class: bool = False  # always write the surgery wrapper class, even when not needed
     overwrite: bool = False
