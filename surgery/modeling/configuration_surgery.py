@@ -15,7 +15,9 @@ meaning), plus:
   indices is a parallel group whose outputs are averaged;
 * ``num_hidden_layers``: the number of executed layer *instances* (one KV-cache slot each), with
   ``layer_types`` (when the source has it) giving each instance's attention type, so caches built from this
-  config by ``generate`` have the right shape.
+  config by ``generate`` have the right shape;
+* ``surgery_fuse_parallel`` (default true): parallel groups of Llama-family layers run fused at inference
+  (same numbers, fewer kernels; see ``modeling_surgery``). Set it false to run members one by one.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ SURGERY_KEYS = (
     "surgery_stored_layer_types",
     "surgery_steps",
     "surgery_plan",
+    "surgery_fuse_parallel",
 )
 
 
@@ -49,6 +52,7 @@ class SurgeryConfig(PretrainedConfig):
         surgery_stored_layer_types: list[str] | None = None,
         surgery_steps: list[list[int]] | None = None,
         surgery_plan: str | None = None,
+        surgery_fuse_parallel: bool = True,
         **kwargs,
     ):
         self.source_model_type = source_model_type
@@ -59,6 +63,7 @@ class SurgeryConfig(PretrainedConfig):
         self.surgery_stored_layer_types = surgery_stored_layer_types
         self.surgery_steps = [list(step) for step in (surgery_steps or [])]
         self.surgery_plan = surgery_plan
+        self.surgery_fuse_parallel = surgery_fuse_parallel
         super().__init__(**kwargs)
 
     def source_config_dict(self) -> dict:

@@ -1,0 +1,230 @@
+"""Fused parallel blocks equal the unfused form, cache per member, and fall back where they cannot fuse."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import VOCAB, build_tiny
+from torch import nn
+from transformers import DynamicCache
+
+from surgery.inmemory import planned
+from surgery.modeling.modeling_surgery import ExecutionList, FusedParallel, SlotRoute, fusable
+
+TOLERANCE = 1e-4
+FUSABLE = ["llama", "llama-tied", "mistral", "qwen2", "qwen3"]  # GQA everywhere; mistral: sliding window 6
+# tiny qwen2: layers 6-7 are sliding-window layers (max_window_layers=6), so its plans keep groups of one type
+PLANS = {
+    "parallel:2-5": 1,
+    "parallel:1-3x3": 3,
+    "parallel:1-2,parallel:4-5x2": 3,
+    "parallel:6-7x2": 2,
+}
+
+
+def _ids(batch: int = 2, length: int = 12, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _execution(model: nn.Module) -> ExecutionList:
+    layers = model.base_model.layers
+    assert isinstance(layers, ExecutionList)
+    return layers
+
+
+def _logits(model: nn.Module, ids: torch.Tensor, **kwargs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids, **kwargs).logits
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, nn.Module]:
+    return {arch: build_tiny(arch) for arch in [*FUSABLE, "gpt_neox"]}
+
+
+@pytest.mark.parametrize("plan", list(PLANS))
+@pytest.mark.parametrize("arch", FUSABLE)
+def test_fused_equals_unfused(arch, plan, models, one_thread):
+    model, ids = models[arch], _ids()
+    with planned(model, plan, fuse_parallel=False):
+        assert _execution(model).fused_steps == 0
+        unfused = _logits(model, ids)
+    with planned(model, plan):
+        assert _execution(model).fused_steps == PLANS[plan]  # the comparison below is fused vs unfused
+        fused = _logits(model, ids)
+    assert (fused - unfused).abs().max().item() <= TOLERANCE
+    assert (fused - _logits(model, ids)).abs().max().item() > 1e-3  # the plan changes the model
+
+
+@pytest.mark.parametrize("arch", FUSABLE)
+def test_fused_cached_equals_uncached(arch, models, one_thread):
+    """Greedy generation with and without a KV cache, and step-by-step logits against full recomputation."""
+    model, ids = models[arch], _ids(length=9)
+    with planned(model, "parallel:1-3x2,parallel:4-5"):
+        assert _execution(model).fused_steps == 3
+        options = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+        with torch.no_grad():
+            cached = model.generate(ids, use_cache=True, **options)
+            uncached = model.generate(ids, use_cache=False, **options)
+            static = model.generate(ids, cache_implementation="static", **options)
+        assert torch.equal(cached, uncached) and torch.equal(cached, static)
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(input_ids=ids[:, :5], past_key_values=cache, use_cache=True)
+            for position in range(5, ids.shape[1]):
+                step = model(input_ids=ids[:, position : position + 1], past_key_values=cache, use_cache=True)
+                full = model(input_ids=ids[:, : position + 1], use_cache=False)
+                assert (step.logits[:, -1] - full.logits[:, -1]).abs().max().item() <= TOLERANCE
+        # one slot per executed instance: each member caches its own keys (1 + 3*2 + 2 + 2 = 11 slots)
+        assert len(cache.layers) == model.config.num_hidden_layers == 11
+        assert all(layer.keys.shape[1] == 2 for layer in cache.layers)  # 2 key/value heads per slot
+
+
+def test_not_fusable_runs_unfused(models):
+    """Other architectures and wrapped projections (LoRA, quantized) run the members one by one."""
+    neox = models["gpt_neox"]
+    with planned(neox, "parallel:2-5"):
+        assert _execution(neox).fused_steps == 0
+    llama = models["llama"]
+    layers = [llama.model.layers[2], llama.model.layers[3]]
+    assert fusable(layers) and not fusable(layers[:1])
+
+    class WrappedLinear(nn.Linear):
+        pass
+
+    ids = _ids()
+    with planned(llama, "parallel:2-3"):
+        fused = _logits(llama, ids)
+        original = layers[1].self_attn.q_proj
+        wrapped = WrappedLinear(original.in_features, original.out_features, bias=False)
+        with torch.no_grad():
+            wrapped.weight.copy_(original.weight * 2)
+        layers[1].self_attn.q_proj = wrapped  # as PEFT does after the model (and its plan) is built
+        try:
+            assert not fusable(layers)
+            wrapped_logits = _logits(llama, ids)
+            _execution(llama).fuse_parallel = False
+            unfused = _logits(llama, ids)
+        finally:
+            layers[1].self_attn.q_proj = original
+    assert (wrapped_logits - fused).abs().max().item() > 1e-3  # the wrapped projection is used ...
+    assert (wrapped_logits - unfused).abs().max().item() <= TOLERANCE  # ... by running unfused
+
+
+def test_training_runs_unfused_and_reaches_every_member(models):
+    """With gradients on, the members run one by one so every member's weights get gradients."""
+    model = models["llama"]
+    weights = [model.model.layers[index].mlp.down_proj.weight for index in range(2, 6)]
+    with planned(model, "parallel:2-5"):
+        model.zero_grad()
+        model(input_ids=_ids()).logits.sum().backward()
+        grads = [weight.grad for weight in weights]
+        assert all(grad is not None and grad.abs().sum() > 0 for grad in grads)
+        model.zero_grad(set_to_none=True)
+
+
+def test_stacked_weights_follow_weight_changes(models):
+    """Stacked copies are rebuilt after an in-place update or a dtype change of a member."""
+    model, ids = models["qwen3"], _ids()
+    weight = model.model.layers[3].mlp.up_proj.weight
+    saved = weight.detach().clone()
+    try:
+        with planned(model, "parallel:2-5"):
+            fused = _execution(model).steps[2].fused
+            assert isinstance(fused, FusedParallel)
+            before = _logits(model, ids)
+            with torch.no_grad():
+                weight.mul_(3.0)
+            after = _logits(model, ids)
+            _execution(model).fuse_parallel = False
+            unfused = _logits(model, ids)
+            _execution(model).fuse_parallel = True
+        assert (after - before).abs().max().item() > 1e-3
+        assert (after - unfused).abs().max().item() <= TOLERANCE
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+
+
+def test_looped_block_shares_one_stacked_copy(models):
+    model = models["llama"]
+    with planned(model, "parallel:2-5x3,parallel:6-7"):
+        fused = [step.fused for step in _execution(model).steps if step.fused is not None]
+        assert len(fused) == 4 and fused[0].stacked is fused[1].stacked is fused[2].stacked
+        assert fused[3].stacked is not fused[0].stacked and fused[0].slots != fused[1].slots
+
+
+def test_slot_routes_are_computed_once(models):
+    """A layer running in its own slot is called directly; one running elsewhere is pointed there per call."""
+    model = models["llama"]
+    layer = model.model.layers[4]
+    assert SlotRoute(layer, 4).direct and not SlotRoute(layer, 7).direct
+    route = SlotRoute(layer, 7)
+    cache = DynamicCache(config=model.config)
+    hidden = torch.randn(1, 3, 32)
+    position = torch.arange(3)[None]
+    rotary = model.model.rotary_emb(hidden, position)
+    with torch.no_grad():
+        route(hidden, position_embeddings=rotary, past_key_values=cache, cache_position=torch.arange(3))
+    assert layer.self_attn.layer_idx == 4  # restored after the call
+    assert len(cache.layers) > 7 and cache.layers[7].keys.shape[-2] == 3
+    assert all(cache.layers[index].keys is None or cache.layers[index].keys.numel() == 0 for index in range(7))
+
+
+@pytest.mark.integration
+def test_smollm2_fused_equals_unfused(smollm2_dir, one_thread):
+    """The real model: N = 10 parallel block (11-19), plain and looped 3x; cached == uncached."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir, padding_side="left")
+    tokenizer.pad_token = tokenizer.eos_token
+    ids = tokenizer(["The capital of France is", "Layers are painters: the middle"], return_tensors="pt", padding=True)
+    for plan in ("parallel:11-19", "parallel:11-19x3"):
+        with planned(model, plan, fuse_parallel=False):
+            unfused = _logits(model, ids["input_ids"], attention_mask=ids["attention_mask"])
+        with planned(model, plan):
+            assert _execution(model).fused_steps == (1 if "x" not in plan else 3)
+            fused = _logits(model, ids["input_ids"], attention_mask=ids["attention_mask"])
+            with torch.no_grad():
+                options = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+                cached = model.generate(**ids, use_cache=True, **options)
+                uncached = model.generate(**ids, use_cache=False, **options)
+        # logits of a real model reach |30|: the bound is relative to their scale, as for export parity
+        scale = unfused.abs().max().item()
+        assert (fused - unfused).abs().max().item() <= max(TOLERANCE, 1e-5 * scale), plan
+        assert torch.equal(cached, uncached), plan
+
+
+@pytest.mark.gpu
+def test_fused_on_cuda():
+    """On a GPU: fp32 parity (TF32 off), bf16 close, cached == uncached, and torch.compile with a static cache."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=256, hidden_size=256, intermediate_size=512, num_hidden_layers=8, num_attention_heads=8,
+        num_key_value_heads=2, max_position_embeddings=256,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).cuda().eval()
+    ids = torch.randint(0, 256, (2, 40), device="cuda")
+    with planned(model, "parallel:2-5x2", fuse_parallel=False):
+        unfused = _logits(model, ids)
+    with planned(model, "parallel:2-5x2"):
+        fused = _logits(model, ids)
+        options = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
+        with torch.no_grad():
+            cached = model.generate(ids, **options)
+            uncached = model.generate(ids, use_cache=False, **options)
+            model.forward = torch.compile(model.forward)
+            compiled = model.generate(ids, cache_implementation="static", **options)
+            del model.forward
+    assert (fused - unfused).abs().max().item() <= TOLERANCE
+    assert torch.equal(cached, uncached) and torch.equal(cached, compiled)
+    model = model.to(torch.bfloat16)
+    with planned(model, "parallel:2-5x2", fuse_parallel=False):
+        unfused = _logits(model, ids).float()
+    with planned(model, "parallel:2-5x2"):
+        fused = _logits(model, ids).float()
+    assert (fused - unfused).abs().max().item() <= 0.05 * unfused.abs().max().item()
