@@ -7,7 +7,11 @@ weight tensors. Variants, per shape (N is the paper's: the first and last N laye
 * ``surgery-identity``: the same layers through ``SurgeryForCausalLM`` (the class a checkpoint ships with);
 * ``skip-plain`` / ``skip-surgery``: ``skip:(N+1)-(T-N-1)`` as a plain architecture and through the wrapper;
 * ``parallel`` / ``parallel-unfused`` and ``parallel-x3`` / ``parallel-x3-unfused``: the paper's parallel and
-  looped-parallel (3x) blocks over the same range, fused (default) and member by member.
+  looped-parallel (3x) blocks over the same range, fused (default) and member by member; ``*-out-major``: fused
+  with the stacked weights kept as a transposed view of ``[M, out, in]`` instead of stored ``[M, in, out]``.
+
+Results in ``benchmarks/results/latency_parallel/`` were measured before ``[M, in, out]`` became the default:
+there ``parallel`` / ``parallel-x3`` are the out-major layout and ``*-in-major`` today's default.
 
 Eager: prefill = ``generate(max_new_tokens=1)``; decode per token = (``generate(1 + K)`` - prefill) / K, with a
 dynamic cache. Compiled (``--compile``): the same with a static cache, which transformers' ``generate``
@@ -65,7 +69,9 @@ def build_full(shape: str, device: str, dtype: torch.dtype) -> LlamaForCausalLM:
     return model.eval()
 
 
-def build_surgery(full: LlamaForCausalLM, steps: list[list[int]], fuse: bool = True) -> SurgeryForCausalLM:
+def build_surgery(
+    full: LlamaForCausalLM, steps: list[list[int]], fuse: bool = True, input_major: bool | None = None
+) -> SurgeryForCausalLM:
     """``SurgeryForCausalLM`` over the full model's layers, sharing its tensors (built on meta, then assigned)."""
     fields = full.config.to_dict()
     fields.pop("model_type", None)
@@ -85,6 +91,9 @@ def build_surgery(full: LlamaForCausalLM, steps: list[list[int]], fuse: bool = T
     state = {f"inner.{name}": tensor for name, tensor in full.state_dict().items()}
     model.load_state_dict(state, assign=True, strict=False)
     model.inner.model.rotary_emb = full.model.rotary_emb  # a buffer-only module: share it too
+    for step in model.inner.model.layers.steps:
+        if step.fused is not None and input_major is not None:
+            step.fused.stacked.input_major = input_major  # stacked layout (a kernel choice), same numbers
     return model.eval()
 
 
@@ -144,6 +153,8 @@ def variants(shape: str, full: LlamaForCausalLM) -> list[Variant]:
         Variant("parallel-unfused", build_surgery(full, steps(f"parallel:{middle}"), fuse=False)),
         Variant("parallel-x3", build_surgery(full, steps(f"parallel:{middle}x3"))),
         Variant("parallel-x3-unfused", build_surgery(full, steps(f"parallel:{middle}x3"), fuse=False)),
+        Variant("parallel-out-major", build_surgery(full, steps(f"parallel:{middle}"), input_major=False)),
+        Variant("parallel-x3-out-major", build_surgery(full, steps(f"parallel:{middle}x3"), input_major=False)),
     ]
 
 
@@ -227,7 +238,8 @@ def main() -> None:
         if shape in args.compile.split(","):
             import torch._dynamo as dynamo
 
-            compiled = [v for v in chosen if v.name in ("full", "surgery-identity", "parallel", "parallel-x3")]
+            names = ("full", "surgery-identity", "parallel", "parallel-x3", "parallel-x3-out-major")
+            compiled = [v for v in chosen if v.name in names]
             dynamo.reset()
             dynamo.utils.counters.clear()
             print(f"[{shape}] compiled ...", flush=True)

@@ -228,3 +228,38 @@ def test_fused_on_cuda():
     with planned(model, "parallel:2-5x2"):
         fused = _logits(model, ids).float()
     assert (fused - unfused).abs().max().item() <= 0.05 * unfused.abs().max().item()
+
+
+def test_apply_no_fuse_writes_the_flag(tiny_checkpoints, tmp_path, one_thread):
+    """``surgery apply --no-fuse`` checkpoints run members one by one; both load to the same numbers."""
+    from transformers import AutoModelForCausalLM
+
+    from surgery.materialize import ApplyOptions, apply_plan
+
+    outputs = {}
+    for fuse in (True, False):
+        out = tmp_path / f"fuse-{fuse}"
+        apply_plan(str(tiny_checkpoints["llama"]), "parallel:2-5x2", out, ApplyOptions(fuse_parallel=fuse))
+        model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float32).eval()
+        assert model.config.surgery_fuse_parallel is fuse
+        assert model.inner.model.layers.fused_steps == (2 if fuse else 0)
+        outputs[fuse] = _logits(model, _ids())
+    assert (outputs[True] - outputs[False]).abs().max().item() <= TOLERANCE
+
+
+def test_wrapper_falls_back_to_eager_attention_for_sources_without_sdpa(tmp_path, one_thread):
+    """BLOOM has no SDPA kernel: its surgery class runs eager attention and matches the in-memory plan."""
+    from tiny_models import tiny_config, tiny_from_config
+    from transformers import AutoModelForCausalLM
+
+    from surgery.materialize import apply_plan
+
+    source = tiny_from_config(tiny_config("bloom"), generative=True)
+    source.save_pretrained(tmp_path / "bloom")
+    apply_plan(str(tmp_path / "bloom"), "parallel:1-2", tmp_path / "out")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True, dtype=torch.float32)
+    assert model.inner.config._attn_implementation == "eager"
+    ids = torch.randint(0, source.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
+    with planned(source, "parallel:1-2"):
+        expected = _logits(source, ids)
+    assert (_logits(model.eval(), ids) - expected).abs().max().item() <= TOLERANCE
