@@ -440,8 +440,11 @@ def _build_inner(config: SurgeryConfig) -> nn.Module:
     if len(stored) != config.surgery_stored_layers:
         raise ValueError(f"expected {config.surgery_stored_layers} stored layers, found {len(stored)}")
     setattr(parent, name, ExecutionList(stored, config.surgery_steps, config.surgery_fuse_parallel))
-    # The source forward loop indexes per-position lists (e.g. head masks) by executed step.
+    # The source forward loop indexes per-position lists (head masks; EXAONE 4's layer_types) by executed step.
     inner.config.num_hidden_layers = len(config.surgery_steps)
+    if config.surgery_stored_layer_types is not None:
+        types = config.surgery_stored_layer_types
+        inner.config.layer_types = [types[step[0]] for step in config.surgery_steps]  # a group has one type
     return inner
 
 
