@@ -20,7 +20,6 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from surgery.architectures import arch_for, check_parallel_attention_types
 from surgery.errors import SurgeryError
 from surgery.modeling.modeling_surgery import ExecutionList, forward_recording_steps
 from surgery.plan import ExecutionPlan, LayerPlan, load_plan, resolve_plan
@@ -35,6 +34,17 @@ def find_layer_list(model: nn.Module, layer_list: str) -> tuple[nn.Module, str, 
     raise SurgeryError(f"no block list {layer_list!r} found in {type(model).__name__}")
 
 
+def block_list_of(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
+    """The block list of a loaded model, detected: a plan's :class:`ExecutionList`, else the outermost
+    ``nn.ModuleList`` of ``config.num_hidden_layers`` modules (:func:`surgery.detect.find_block_list`)."""
+    from surgery.detect import find_block_list
+
+    path = next((name for name, module in model.named_modules() if isinstance(module, ExecutionList)), None)
+    if path is None:
+        path = find_block_list(model, model.config.num_hidden_layers)
+    return find_layer_list(model, path)
+
+
 def resolve_for_model(model: nn.Module, plan: str | LayerPlan) -> ExecutionPlan:
     """Resolve a plan (text, YAML path or :class:`LayerPlan`) against ``model``'s layer count."""
     layer_plan = load_plan(plan) if isinstance(plan, str) else plan
@@ -42,10 +52,15 @@ def resolve_for_model(model: nn.Module, plan: str | LayerPlan) -> ExecutionPlan:
 
 
 @contextmanager
-def planned(model: nn.Module, plan: str | LayerPlan | ExecutionPlan) -> Iterator[ExecutionPlan]:
-    """Run ``model`` with ``plan`` applied inside the ``with`` block; yields the resolved plan."""
-    spec = arch_for(getattr(model.config, "model_type", None))
-    parent, attribute, layers = find_layer_list(model, spec.layer_list)
+def planned(
+    model: nn.Module, plan: str | LayerPlan | ExecutionPlan, fuse_parallel: bool = True
+) -> Iterator[ExecutionPlan]:
+    """Run ``model`` with ``plan`` applied inside the ``with`` block; yields the resolved plan.
+
+    ``fuse_parallel`` lets parallel groups of Llama-family layers run fused at inference (same numbers; see
+    :class:`~surgery.modeling.modeling_surgery.FusedParallel`); false runs the members one by one.
+    """
+    parent, attribute, layers = block_list_of(model)
     if isinstance(layers, ExecutionList):
         raise SurgeryError("a plan is already applied to this model; nest plans by composing them instead")
     execution = plan if isinstance(plan, ExecutionPlan) else resolve_for_model(model, plan)
@@ -54,8 +69,10 @@ def planned(model: nn.Module, plan: str | LayerPlan | ExecutionPlan) -> Iterator
     config = model.config
     saved = {"num_hidden_layers": config.num_hidden_layers, "layer_types": getattr(config, "layer_types", None)}
     layer_types = saved["layer_types"]
-    check_parallel_attention_types(execution.steps, layer_types)
-    setattr(parent, attribute, ExecutionList(layers, [list(step.layers) for step in execution.steps]))
+    steps = [list(step.layers) for step in execution.steps]
+    execution_list = ExecutionList(layers, steps, fuse_parallel, layer_types)
+    setattr(parent, attribute, execution_list)
+    watch = execution_list.watch_masks(parent)  # groups mixing sliding and full attention: a mask per member
     # One cache slot per executed instance; loops that slice by num_hidden_layers still see every step.
     config.num_hidden_layers = len(execution.instances)
     if layer_types is not None:
@@ -63,6 +80,8 @@ def planned(model: nn.Module, plan: str | LayerPlan | ExecutionPlan) -> Iterator
     try:
         yield execution
     finally:
+        if watch is not None:
+            watch.remove()
         setattr(parent, attribute, layers)
         config.num_hidden_layers = saved["num_hidden_layers"]
         if layer_types is not None:
@@ -75,8 +94,7 @@ def forward_with_hidden_states(model: nn.Module, **inputs):
     Without a plan applied this is ``model(**inputs, output_hidden_states=True)``; inside :func:`planned` it
     records the steps of the plan (a parallel block is one entry: the mean of its members).
     """
-    spec = arch_for(getattr(model.config, "model_type", None))
-    _, _, layers = find_layer_list(model, spec.layer_list)
+    _, _, layers = block_list_of(model)
     if not isinstance(layers, ExecutionList):
         return model(**inputs, output_hidden_states=True)
     return forward_recording_steps(model, layers, **inputs)

@@ -24,12 +24,17 @@ from typing import Literal
 
 from pydantic import Field
 
-from surgery.architectures import ArchSpec, arch_for, check_parallel_attention_types
+from surgery.architectures import (
+    ArchSpec,
+    check_model_type,
+    layer_count,
+    spec_from_detection,
+)
 from surgery.card import write_model_card
 from surgery.config import CommandConfig
 from surgery.errors import SurgeryError
 from surgery.io.integrity import check_config_agrees, check_layers_consistent, expected_outputs, verify_written
-from surgery.io.model_ref import ModelRef, first_line, num_layers_of, read_json_object
+from surgery.io.model_ref import ModelRef, first_line, read_json_object
 from surgery.io.output_dir import check_output_dir, staged_output
 from surgery.io.safetensors_stream import (
     FLOAT_DTYPES,
@@ -41,6 +46,7 @@ from surgery.io.safetensors_stream import (
 from surgery.io.source import SourceModel, copy_side_files, resolve_source
 from surgery.modeling import MODELING_FILES
 from surgery.plan import ExecutionPlan, LayerPlan, load_plan, resolve_plan
+from surgery.plan.layer_config import check_layer_config, layer_config_updates
 from surgery.provenance import PlanRecord, Provenance
 
 DTYPE_CHOICES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
@@ -54,6 +60,7 @@ class ApplyOptions(CommandConfig):
     shard_size: int = Field(default=5 * 10**9, ge=1)
     tie_repeats: bool = False
     surgery_class: bool = False  # always write the surgery wrapper class, even when not needed
+    fuse_parallel: bool = True  # surgery class: run parallel groups fused at inference (config flag)
     overwrite: bool = False
     revision: str | None = None
     allow_pickle: bool = False
@@ -110,10 +117,16 @@ def build_tensor_map(
     custom_class: bool,
     tie_repeats: bool,
     dtype: str | None,
+    signatures: tuple[str, ...] | None = None,
 ) -> TensorMap:
-    """Map every output tensor to its source tensor. Pure: reads only the records' metadata."""
+    """Map every output tensor to its source tensor. Pure: reads only the records' metadata.
+
+    Layers whose detected ``signatures`` are equal (all of them when not given) must hold the same tensors.
+    """
     layers, others = group_layer_tensors(records, spec, execution.num_source_layers)
-    check_layers_consistent(layers)
+    kinds = signatures or ("",) * execution.num_source_layers
+    for kind in dict.fromkeys(kinds):
+        check_layers_consistent({i: layers[i] for i in layers if kinds[i] == kind})
     instances = execution.instances
     if custom_class:
         stored_sources = list(dict.fromkeys(instances)) if tie_repeats else list(instances)
@@ -153,16 +166,11 @@ def _default_architecture(model_type: str, generative: bool) -> str:
     return mapping[model_type]
 
 
-def _write_source_config(
-    raw: dict, per_layer: dict[str, list], execution: ExecutionPlan, dtype: str | None, out: Path
-) -> None:
-    """Edit the source ``config.json`` as JSON (no transformers import): layer count, per-layer arrays, dtype."""
+def _write_source_config(raw: dict, updates: dict, dtype: str | None, out: Path) -> None:
+    """Edit the source ``config.json`` as JSON: layer count and per-layer keys (``updates``), dtype."""
     config = dict(raw)
     config.pop("auto_map", None)  # no code is copied into a plain output, so nothing for it to point at
-    instances = execution.instances
-    config["num_hidden_layers"] = len(instances)
-    for key, values in per_layer.items():
-        config[key] = [values[i] for i in instances]
+    config.update(updates)
     if dtype is not None:
         config["dtype"] = dtype
         if "torch_dtype" in config:
@@ -171,28 +179,29 @@ def _write_source_config(
 
 
 def _write_surgery_config(
-    source: SourceModel,
+    config,
     spec: ArchSpec,
-    per_layer: dict[str, list],
+    updates: dict,
     execution: ExecutionPlan,
     tensor_map: TensorMap,
     plan: LayerPlan,
     dtype: str | None,
     out: Path,
+    fuse_parallel: bool = True,
 ) -> None:
+    """``SurgeryConfig``: the source config sized for the stored layers (``updates``), ``layer_types`` per instance."""
     from surgery.modeling import SurgeryConfig
 
-    config = _transformers_config(source)
     fields = {
         k: v
         for k, v in config.to_dict().items()
         if k not in ("model_type", "architectures", "auto_map", "transformers_version")
     }
     architectures = config.architectures or [_default_architecture(config.model_type, spec.generative)]
-    layer_types = per_layer.get("layer_types")
-    for key, values in per_layer.items():
-        fields[key] = [values[i] for i in execution.instances]
-    check_parallel_attention_types(execution.steps, layer_types)
+    layer_types = getattr(config, "layer_types", None) if "layer_types" in spec.per_layer_config else None
+    fields.update(updates)
+    if layer_types is not None:  # the wrapper's contract: layer_types per instance (cache), stored ones apart
+        fields["layer_types"] = [layer_types[i] for i in execution.instances]
     if dtype is not None:
         fields["dtype"] = dtype
     wrapper = spec.wrapper_class
@@ -207,6 +216,7 @@ def _write_surgery_config(
         surgery_stored_layer_types=[layer_types[i] for i in tensor_map.stored_sources] if layer_types else None,
         surgery_steps=tensor_map.steps,
         surgery_plan=plan.canonical,
+        surgery_fuse_parallel=fuse_parallel,
         architectures=[wrapper],
         auto_map={**SURGERY_AUTO_MAP, auto_key: f"modeling_surgery.{wrapper}"},
         **fields,
@@ -225,26 +235,60 @@ def _transformers_config(source: SourceModel):
         raise SurgeryError(f"cannot read config of {source.given}: {first_line(exc)}") from exc
 
 
-def _load_source_config(source: SourceModel) -> tuple[ArchSpec, dict, dict[str, list]]:
-    """The source's architecture, raw ``config.json`` and per-layer config arrays.
+@dataclass
+class SourceArch:
+    """The source's raw ``config.json``, its transformers config (None: not needed), and what detection found."""
 
-    Per-layer arrays missing from the file (e.g. Qwen2's ``layer_types``, derived from ``max_window_layers``)
-    are derived through transformers; otherwise transformers is not imported at all.
+    raw: dict
+    config: object | None
+    spec: ArchSpec
+    signatures: tuple[str, ...]
+
+
+def _plain_from_raw(detection, raw: dict) -> bool:
+    """Whether a plain output can be configured from ``config.json`` alone: identical layers, per-layer keys
+    stored as lists in the file, no index lists or structural scalars to rewrite (nothing needs transformers)."""
+    return (
+        len(set(detection.signatures)) == 1
+        and not detection.index_keys
+        and not detection.structural_keys
+        and all(isinstance(raw.get(key), list) for key in detection.per_layer_keys)
+    )
+
+
+def _detect_source(source: SourceModel, raw: dict, num_layers: int, custom: bool) -> SourceArch:
+    """Detect the source architecture on a meta-device instance of its config (no weights).
+
+    The result is cached per ``config.json`` (:mod:`surgery.io.detection_cache`); a plain output of a cached,
+    simple architecture is then written without importing torch or transformers.
     """
-    raw = read_json_object(source.path / "config.json", f"config.json of {source.given}")
-    spec = arch_for(raw.get("model_type"))
-    num_layers = num_layers_of(raw, source.given)
-    per_layer = {key: raw[key] for key in spec.per_layer_config if raw.get(key) is not None}
-    missing = [key for key in spec.per_layer_config if key not in per_layer]
-    if missing:
-        config = _transformers_config(source)
-        per_layer.update({key: getattr(config, key) for key in missing if getattr(config, key, None) is not None})
-    for key, values in per_layer.items():
-        if not isinstance(values, list) or len(values) != num_layers:
-            raise SurgeryError(
-                f"config of {source.given}: {key} must be a list of {num_layers} entries (one per layer)"
-            )
-    return spec, raw, per_layer
+    from surgery.io import detection_cache
+
+    cached = detection_cache.load(raw)
+    if cached is not None and not custom and _plain_from_raw(cached, raw):
+        return SourceArch(raw, None, spec_from_detection(cached), cached.signatures)
+    from surgery.detect import detect
+
+    config = _transformers_config(source)
+    detection = detect(config)
+    if config.num_hidden_layers != num_layers:
+        raise SurgeryError(
+            f"config of {source.given}: transformers reads {config.num_hidden_layers} layers, not {num_layers}"
+        )
+    detection_cache.store(raw, detection)
+    return SourceArch(raw, config, spec_from_detection(detection), detection.signatures)
+
+
+def _layer_config(arch: SourceArch, sources: list[int]) -> dict:
+    """Config values for output layers ``sources`` (checked on a meta instance unless nothing moved)."""
+    if arch.config is None:  # identical layers, per-layer lists in the file: follow the layers
+        updates = {arch.spec.count_key: len(sources)}
+        updates.update({key: [arch.raw[key][i] for i in sources] for key in arch.spec.per_layer_config})
+        return updates
+    updates = layer_config_updates(arch.config, arch.spec, sources)
+    if list(sources) != list(range(arch.config.num_hidden_layers)):
+        check_layer_config(arch.config, arch.spec, arch.signatures, sources, updates)
+    return updates
 
 
 def _provenance(
@@ -304,14 +348,24 @@ def apply_plan(
     plan = load_plan(plan_text)
     dtype = DTYPE_CHOICES[options.dtype] if options.dtype else None
     with resolve_source(ref, allow_pickle=options.allow_pickle, progress=options.progress) as source:
-        spec, raw_config, per_layer = _load_source_config(source)
-        execution = resolve_plan(plan, raw_config["num_hidden_layers"])
+        raw_config = read_json_object(source.path / "config.json", f"config.json of {source.given}")
+        check_model_type(raw_config)
+        execution = resolve_plan(plan, layer_count(raw_config, source.given))
         custom = options.surgery_class or execution.needs_custom_class(options.tie_repeats)
+        arch = _detect_source(source, raw_config, execution.num_source_layers, custom)
+        spec = arch.spec
         records = index_checkpoint(source.weight_files)
         check_config_agrees(raw_config, records)
         tensor_map = build_tensor_map(
-            records, spec, execution, custom_class=custom, tie_repeats=options.tie_repeats, dtype=dtype
+            records,
+            spec,
+            execution,
+            custom_class=custom,
+            tie_repeats=options.tie_repeats,
+            dtype=dtype,
+            signatures=arch.signatures,
         )
+        updates = _layer_config(arch, tensor_map.stored_sources)
         total = sum(t.nbytes for t in tensor_map.tensors)
         with staged_output(Path(out_dir), overwrite=options.overwrite, protect=[*protect, source.path]) as tmp:
             done = 0
@@ -328,9 +382,11 @@ def apply_plan(
             )
             verify_written(paths, expected_outputs(tensor_map.tensors))
             if custom:
-                _write_surgery_config(source, spec, per_layer, execution, tensor_map, plan, options.dtype, tmp)
+                _write_surgery_config(
+                    arch.config, spec, updates, execution, tensor_map, plan, options.dtype, tmp, options.fuse_parallel
+                )
             else:
-                _write_source_config(raw_config, per_layer, execution, options.dtype, tmp)
+                _write_source_config(raw_config, updates, options.dtype, tmp)
             copy_side_files(source.path, tmp)
             record = _provenance(model, source, plan, execution, tensor_map, options, custom, raw_config, spec)
             record.write(tmp)

@@ -10,6 +10,8 @@ from pathlib import Path
 # Before transformers is imported: keep trust_remote_code module copies out of the user's cache, stay offline.
 os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="surgery-hf-modules-"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# detection results (surgery.io.detection_cache) go to a per-run folder, never the user's ~/.cache
+os.environ.setdefault("SURGERY_CACHE_DIR", tempfile.mkdtemp(prefix="surgery-cache-"))
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402

@@ -78,10 +78,24 @@ def test_per_layer_config_arrays_follow_their_layers(tiny_checkpoints, tmp_path)
     assert config.layer_types == [source.layer_types[i] for i in instances]
 
 
-def test_parallel_group_mixing_attention_types_is_refused(tiny_checkpoints, tmp_path):
-    with pytest.raises(SurgeryError, match="mixes attention types"):
-        apply_plan(str(tiny_checkpoints["qwen2"]), "parallel:5-6", tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+def test_parallel_group_mixing_attention_types_gives_each_member_its_mask(tiny_checkpoints, tmp_path):
+    """Layers 5 (full) and 6 (sliding window 6) in one group: each member attends with its own mask, as in the
+    reference execution; cached generation equals uncached (sliding slots keep only the window)."""
+    from reference import reference_output
+    from tiny_models import VOCAB, build_tiny
+    from transformers import AutoModelForCausalLM
+
+    apply_plan(str(tiny_checkpoints["qwen2"]), "parallel:5-6x2", tmp_path / "out")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True, dtype=torch.float32)
+    model.eval()
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(3))  # longer than the window
+    expected = reference_output(build_tiny("qwen2"), "qwen2", ids, [0, 1, 2, 3, 4, (5, 6), (5, 6), 7])
+    with torch.no_grad():
+        actual = model(input_ids=ids).logits
+        options = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+        cached, uncached = model.generate(ids, **options), model.generate(ids, use_cache=False, **options)
+    assert (actual - expected).abs().max().item() <= 1e-4
+    assert torch.equal(cached, uncached)
 
 
 def test_card_provenance_and_side_files(tiny_checkpoints, tmp_path):

@@ -53,12 +53,12 @@ def test_missing_model_path(tmp_path):
 
 
 def test_unsupported_architecture(tmp_path):
-    model = tmp_path / "gpt2"
+    model = tmp_path / "t5"
     model.mkdir()
-    (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    (model / "config.json").write_text(json.dumps({"model_type": "t5", "num_layers": 2}))
     (model / "model.safetensors").write_bytes(b"")
     result = _run("apply", "--plan", "skip:1", str(model), str(tmp_path / "out"))
-    _assert_one_line_error(result, "unsupported architecture model_type='gpt2'; supported: llama, mistral")
+    _assert_one_line_error(result, "unsupported architecture model_type='t5': encoder-decoder model")
     assert not (tmp_path / "out").exists()
 
 

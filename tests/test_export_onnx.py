@@ -135,7 +135,7 @@ def test_bad_inputs_are_one_line(args, fragment, tiny_checkpoints, tmp_path):
     (tmp_path / "full" / "keep").write_text("")
     gpt2 = tmp_path / "gpt2"
     gpt2.mkdir()
-    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    (gpt2 / "config.json").write_text(json.dumps({"model_type": "t5", "num_layers": 2}))  # encoder-decoder
     values = {"tmp": tmp_path, "gguf": tmp_path / "x.gguf", "llama": tiny_checkpoints["llama"], "gpt2": gpt2}
     result = CliRunner().invoke(cli, ["export", "onnx", *(arg.format(**values) for arg in args)])
     assert result.exit_code == 2, result.output

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from surgery.architectures import arch_for
+from surgery.architectures import arch_for_config, check_model_type
 from surgery.errors import SurgeryError
 from surgery.io.model_ref import ModelRef, first_line, remote_code_policy
 from surgery.quiet import quiet_transformers
@@ -31,7 +31,7 @@ def check_loadable(
     """
     ref = model if isinstance(model, ModelRef) else ModelRef.parse(model, revision)
     config = ref.read_config()
-    arch_for(source_model_type(config))
+    check_model_type(config)
     trust = remote_code_policy(ref, config, trust_remote_code)
     ref.check_pickle(allow_pickle)
     return ref, config, trust
@@ -65,7 +65,7 @@ def _load(model, dtype: str, revision, trust_remote_code: bool, allow_pickle: bo
     ref, config, trust = check_loadable(
         model, revision=revision, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
     )
-    spec = arch_for(source_model_type(config))
+    spec = arch_for_config(config)
     import torch
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
