@@ -263,3 +263,15 @@ def test_wrapper_falls_back_to_eager_attention_for_sources_without_sdpa(tmp_path
     with planned(source, "parallel:1-2"):
         expected = _logits(source, ids)
     assert (_logits(model.eval(), ids) - expected).abs().max().item() <= TOLERANCE
+
+
+def test_mixed_attention_group_in_memory(models, one_thread):
+    """A group of a full (5) and a sliding (6) Qwen2 layer runs unfused, each member with its own mask."""
+    from reference import reference_output
+
+    model, ids = models["qwen2"], _ids()
+    expected = reference_output(model, "qwen2", ids, [0, 1, 2, 3, 4, (5, 6), 7])
+    with planned(model, "parallel:5-6"):
+        assert _execution(model).fused_steps == 0 and _execution(model).steps[5].mixed
+        actual = _logits(model, ids)
+    assert (actual - expected).abs().max().item() <= TOLERANCE

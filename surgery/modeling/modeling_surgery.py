@@ -309,17 +309,33 @@ class ExecutedStep:
     """One position of the executed sequence: a stored layer, or a parallel group of them."""
 
     def __init__(
-        self, layers: list[nn.Module], slots: list[int], owner: ExecutionList, stacked: StackedWeights | None = None
+        self,
+        layers: list[nn.Module],
+        slots: list[int],
+        owner: ExecutionList,
+        stacked: StackedWeights | None = None,
+        member_types: list[str | None] | None = None,
     ):
         self.layers = layers
         self.slots = slots
         self.owner = owner
-        types = {getattr(layer, "attention_type", None) for layer in layers}
-        if len(types) > 1:
-            raise ValueError(f"a parallel group mixes attention types {sorted(map(str, types))}")
-        self.attention_type = types.pop()
+        self.member_types = member_types or [getattr(layer, "attention_type", None) for layer in layers]
+        # A group of sliding and full layers: each member gets its own mask (ExecutionList.member_masks).
+        self.mixed = len(set(self.member_types)) > 1
+        types = self.member_types
+        self.attention_type = "full_attention" if self.mixed and "full_attention" in types else types[0]
         self.routes = [SlotRoute(layer, slot) for layer, slot in zip(layers, slots)]
         self.fused = FusedParallel(stacked, slots) if stacked is not None else None
+
+    def __getattr__(self, name: str) -> Any:
+        """What a source loop reads from its layers (``layer_type``, ``self_attn``, ...): the first member's;
+        a method (``set_attention_type``) is called on every member."""
+        if name.startswith("__") or "layers" not in self.__dict__:
+            raise AttributeError(name)
+        values = [getattr(layer, name) for layer in self.__dict__["layers"]]
+        if callable(values[0]) and not isinstance(values[0], nn.Module):
+            return lambda *args, **kwargs: [value(*args, **kwargs) for value in values][0]
+        return values[0]
 
     def __call__(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         if len(self.routes) == 1:
@@ -332,6 +348,14 @@ class ExecutedStep:
             and (torch.compiler.is_compiling() or fusable(self.layers))  # e.g. LoRA added after loading
         ):
             result = self.fused(hidden_states, **kwargs)
+        elif self.mixed:
+            masks = self.owner.member_masks()
+            outputs = [
+                route(hidden_states, *args, **{**kwargs, "attention_mask": masks[kind]})
+                for route, kind in zip(self.routes, self.member_types)
+            ]
+            mean = torch.stack([_hidden(out) for out in outputs]).mean(dim=0)
+            result = mean if isinstance(outputs[0], torch.Tensor) else (mean, *outputs[0][1:])
         else:
             outputs = [route(hidden_states, *args, **kwargs) for route in self.routes]
             mean = torch.stack([_hidden(out) for out in outputs]).mean(dim=0)
@@ -347,7 +371,13 @@ class ExecutionList(nn.ModuleList):
     ``fuse_parallel`` (default true) lets parallel groups of fusable layers run fused at inference.
     """
 
-    def __init__(self, stored: nn.ModuleList, steps: list[list[int]], fuse_parallel: bool = True):
+    def __init__(
+        self,
+        stored: nn.ModuleList,
+        steps: list[list[int]],
+        fuse_parallel: bool = True,
+        layer_types: list[str] | None = None,
+    ):
         nn.Module.__init__(self)  # ModuleList.__init__ would call our __len__
         for index, layer in enumerate(stored):
             self.add_module(str(index), layer)
@@ -356,14 +386,56 @@ class ExecutionList(nn.ModuleList):
         slot = 0
         executed = []
         stacks: dict[tuple[int, ...], StackedWeights] = {}
+        self._masks: dict[str, Any] | None = None
         for step in steps:
             layers = [stored[index] for index in step]
+            types = [layer_types[index] for index in step] if layer_types is not None else None
             stacked = None
-            if fusable(layers):
+            if fusable(layers) and (types is None or len(set(types)) == 1):
                 stacked = stacks.setdefault(tuple(step), StackedWeights(layers))
-            executed.append(ExecutedStep(layers, list(range(slot, slot + len(step))), self, stacked))
+            executed.append(ExecutedStep(layers, list(range(slot, slot + len(step))), self, stacked, types))
             slot += len(step)
         self.steps = executed
+
+    def watch_masks(self, owner: nn.Module) -> Any:
+        """If a group mixes attention types: at every forward of ``owner`` (the block list's parent), build the
+        mask of each attention type as the source model does, before any layer updates the cache; each member
+        of a mixed group then gets its own (:meth:`member_masks`). Returns the hook handle, or None."""
+        kinds = {kind for step in self.steps if step.mixed for kind in step.member_types}
+        if not kinds:
+            return None
+
+        def build(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+            builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+            mask, cache = kwargs.get("attention_mask"), kwargs.get("past_key_values")
+            embeds = kwargs.get("inputs_embeds")
+            if embeds is None:  # only its batch, length, dtype and device are read
+                ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+                embeds = torch.empty(
+                    (*ids.shape, 1), dtype=module.get_input_embeddings().weight.dtype, device=ids.device
+                )
+            positions = kwargs.get("cache_position")
+            if positions is None:
+                seen = cache.get_seq_length() if cache is not None else 0
+                positions = torch.arange(seen, seen + embeds.shape[1], device=embeds.device)
+            position_ids = kwargs.get("position_ids")
+            self._masks = mask if isinstance(mask, dict) else {
+                kind: builders[kind](
+                    config=module.config, input_embeds=embeds, attention_mask=mask, cache_position=positions,
+                    past_key_values=cache, position_ids=positions[None] if position_ids is None else position_ids,
+                )
+                for kind in kinds
+            }  # fmt: skip
+
+        return owner.register_forward_pre_hook(build, with_kwargs=True)
+
+    def member_masks(self) -> dict[str, Any]:
+        """The attention mask of each attention type of this forward (see :meth:`watch_masks`)."""
+        if self._masks is None:
+            raise RuntimeError("a parallel group mixes attention types, but no mask was built for this forward")
+        return self._masks
 
     @property
     def fused_steps(self) -> int:
@@ -439,7 +511,11 @@ def _build_inner(config: SurgeryConfig) -> nn.Module:
     stored = getattr(parent, name)
     if len(stored) != config.surgery_stored_layers:
         raise ValueError(f"expected {config.surgery_stored_layers} stored layers, found {len(stored)}")
-    setattr(parent, name, ExecutionList(stored, config.surgery_steps, config.surgery_fuse_parallel))
+    execution = ExecutionList(
+        stored, config.surgery_steps, config.surgery_fuse_parallel, config.surgery_stored_layer_types
+    )
+    setattr(parent, name, execution)
+    execution.watch_masks(parent)
     # The source forward loop indexes per-position lists (head masks; EXAONE 4's layer_types) by executed step.
     inner.config.num_hidden_layers = len(config.surgery_steps)
     if config.surgery_stored_layer_types is not None:
