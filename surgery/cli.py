@@ -51,6 +51,13 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
         "export",
         "Export a checkpoint to ONNX (KV cache) and check it against PyTorch.",
     ),
+    "sweep": (
+        "surgery.sweep.cli",
+        "sweep",
+        "Run a recipe's variants (a paper figure) on a model; resumable, local or on Ray.",
+    ),
+    "plot": ("surgery.sweep.cli", "plot", "Draw a sweep's paper-style figures and its table of scores."),
+    "recipe": ("surgery.sweep.cli", "recipe", "List and validate sweep recipes (recipes/paper/)."),
 }
 
 
@@ -142,6 +149,11 @@ def main(ctx: click.Context, debug: bool) -> None:
     is_flag=True,
     help="Always write the surgery model class (even when the source architecture could express the plan).",
 )
+@click.option(
+    "--no-fuse",
+    is_flag=True,
+    help="Surgery class: run a parallel block's members one by one instead of fused (same numbers, slower).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
 @revision_option()
 @allow_pickle_option()
@@ -154,6 +166,7 @@ def apply(
     shard_size,
     tie_repeats,
     surgery_class,
+    no_fuse,
     overwrite,
     revision,
     allow_pickle,
@@ -170,6 +183,7 @@ def apply(
         shard_size=parse_size(shard_size),
         tie_repeats=tie_repeats,
         surgery_class=surgery_class,
+        fuse_parallel=not no_fuse,
         overwrite=overwrite,
         revision=revision,
         allow_pickle=allow_pickle,
@@ -214,23 +228,28 @@ def plan() -> None:
 @click.option("--layers", "num_layers", type=int, help="Number of source layers (instead of reading MODEL's config).")
 @click.option("--json", "as_json", is_flag=True, help="Print the resolved plan as JSON.")
 def plan_show(plan_text, model, num_layers, as_json):
-    """Print the executed layer sequence of a plan for MODEL (or for --layers T)."""
+    """Print the executed layer sequence of a plan for MODEL (or for --layers T).
+
+    With MODEL, also the detected block list and every per-layer config key with the value it gets.
+    """
     import json
 
-    from surgery.architectures import arch_for
-    from surgery.io.model_ref import ModelRef, num_layers_of
+    from surgery.architectures import check_model_type, layer_count
+    from surgery.io.model_ref import ModelRef
     from surgery.plan import load_plan, resolve_plan
 
     if (model is None) == (num_layers is None):
         raise SurgeryError("give either MODEL or --layers T (not both)")
     layer_plan = load_plan(plan_text)
+    config = None
     if num_layers is None:
         config = ModelRef.parse(model).read_config()
-        arch_for(config.get("model_type"))
-        num_layers = num_layers_of(config, model)
+        check_model_type(config)
+        num_layers = layer_count(config, model)
     elif num_layers < 1:
         raise SurgeryError(f"--layers must be >= 1 (got {num_layers})")
     execution = resolve_plan(layer_plan, num_layers)
+    layers = _detected_layers(config, execution) if config is not None else None
     if as_json:
         payload = {
             "plan": layer_plan.canonical,
@@ -240,6 +259,8 @@ def plan_show(plan_text, model, num_layers, as_json):
             "skipped": list(execution.skipped),
             "needs_custom_class": execution.needs_custom_class(),
         }
+        if layers is not None:
+            payload["layer_list"], payload["per_layer_config"] = layers
         click.echo(json.dumps(payload))
         return
     click.echo(f"plan:      {layer_plan.canonical}")
@@ -249,6 +270,41 @@ def plan_show(plan_text, model, num_layers, as_json):
     click.echo(f"sequence:  {execution.describe()}")
     layout = "surgery model class (parallel block)" if execution.has_parallel else "source architecture"
     click.echo(f"output:    {layout}")
+    if layers is not None:
+        click.echo(f"layers:    {layers[0]} (detected block list; tensor prefix of every per-layer weight)")
+        if not layers[1]:
+            click.echo("per-layer: no per-layer config keys")
+        for key, (before, after) in layers[1].items():
+            click.echo(f"per-layer: {key}: {_short(before)} -> {_short(after)}")
+
+
+def _short(value, limit: int = 160) -> str:
+    """A config value on one line; lists as runs (``[full_attention x6, sliding_attention x2]``)."""
+    import json
+    from itertools import groupby
+
+    if isinstance(value, list):
+        runs = [(item, len(list(group))) for item, group in groupby(value)]
+        text = (
+            "[" + ", ".join(f"{json.dumps(item)}" + (f" x{count}" if count > 1 else "") for item, count in runs) + "]"
+        )
+    else:
+        text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _detected_layers(config: dict, execution) -> tuple[str, dict]:
+    """The detected block list and ``{per-layer config key: (source value, output value)}`` for ``plan show``."""
+    from surgery.architectures import spec_from_detection, transformers_config
+    from surgery.detect import detect
+    from surgery.plan.layer_config import layer_config_updates
+
+    source = transformers_config(config)
+    detection = detect(source)
+    updates = layer_config_updates(source, spec_from_detection(detection), list(execution.instances))
+    keys = {detection.count_key: None, **dict.fromkeys(updates)}
+    changes = {key: (getattr(source, key, None), updates.get(key, getattr(source, key, None))) for key in keys}
+    return detection.layer_path, changes
 
 
 @main.command()
