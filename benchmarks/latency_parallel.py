@@ -206,6 +206,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--variants", default="", help="Comma-separated subset of the variants (default: all).")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latency_parallel"))
     args = parser.parse_args()
     if args.threads:
@@ -230,6 +231,8 @@ def main() -> None:
         started = time.perf_counter()
         full = build_full(shape, device, dtype)
         chosen = variants(shape, full)
+        if args.variants:
+            chosen = [variant for variant in chosen if variant.name in args.variants.split(",")]
         ids = torch.randint(0, full.config.vocab_size, (1, args.prompt_len), device=device)
         print(f"[{shape}] built in {time.perf_counter() - started:.1f}s; eager ...", flush=True)
         entry = {"eager": measure(chosen, ids, args.new_tokens, args.repeats, False, sync), "layers": {}}

@@ -36,7 +36,7 @@ OP_MEANINGS = {
         "layers A..B read the same input and their outputs are averaged; xK applies the block K times (§3.5, §3.7)"
     ),
 }
-REMOTE_CODE_FILES = ("configuration_surgery.py", "modeling_surgery.py")
+REMOTE_CODE_FILES = ("configuration_surgery.py", "modeling_surgery.py", "fused_parallel.py")
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # what the Hub accepts as base_model
 STAGES_DESCRIBED_ELSEWHERE = ("apply", "push", "finetune")
 
@@ -120,8 +120,9 @@ tokenizer = AutoTokenizer.from_pretrained("{name}")
 {code}
 
 **What `trust_remote_code=True` runs.** This checkpoint uses the surgery model class because {_why_custom(record)}.
-`trust_remote_code=True` lets transformers import the two Python files shipped here, `configuration_surgery.py`
-and `modeling_surgery.py`, written by surgery {record.surgery_version}. {what}
+`trust_remote_code=True` lets transformers import the Python files shipped here, `configuration_surgery.py`,
+`modeling_surgery.py` and `fused_parallel.py` (which the second imports), written by surgery
+{record.surgery_version}. {what}
 
 {hashes}
 """

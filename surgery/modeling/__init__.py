@@ -1,7 +1,8 @@
 """Standalone model classes written into checkpoints that need them (parallel blocks, tied repeats).
 
-``configuration_surgery.py`` and ``modeling_surgery.py`` import nothing from ``surgery``; the
-materializer copies them into the output directory and references them from ``auto_map``. The classes are
+``configuration_surgery.py``, ``modeling_surgery.py`` and ``fused_parallel.py`` (imported by the latter) import
+nothing from ``surgery``; the materializer copies them into the output directory and references the first two
+from ``auto_map``. The classes are
 imported lazily: ``surgery apply`` only needs the files' paths, not torch or transformers' model code.
 """
 
@@ -10,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-MODELING_FILES = tuple(Path(__file__).parent / name for name in ("configuration_surgery.py", "modeling_surgery.py"))
+MODELING_FILES = tuple(
+    Path(__file__).parent / name for name in ("configuration_surgery.py", "modeling_surgery.py", "fused_parallel.py")
+)
 
 _LAZY = {
     "SurgeryConfig": "surgery.modeling.configuration_surgery",
