@@ -8,10 +8,11 @@ renders the field as the option the user typed (``--batch-size``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from surgery.errors import SurgeryError
 
@@ -34,6 +35,18 @@ class CommandConfig(BaseModel):
     def record(self) -> dict[str, Any]:
         """JSON-safe settings for results files (paths as strings)."""
         return self.model_dump(mode="json")
+
+
+def _positive_limit(value: int | float | None) -> int | float | None:
+    if value is None:
+        return None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a positive number, got {value}")
+    return value if value < 1 else int(value)
+
+
+# lm-eval's --limit: a count of documents, or a fraction of each task when below 1 (positive and finite).
+Limit = Annotated[int | float | None, AfterValidator(_positive_limit)]
 
 
 def validation_message(exc: ValidationError, option_names: Mapping[str, str] | None = None) -> str:

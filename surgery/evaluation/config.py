@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from surgery.config import CommandConfig
+from surgery.config import CommandConfig, Limit
 
 DEFAULT_BOOTSTRAP_ITERS = 100000  # lm-eval's default
 
@@ -20,7 +19,7 @@ class EvalConfig(CommandConfig):
     plan: str | None = None
     tasks: str | list[str] | None = None  # None: the paper's six
     data_dir: Path | None = None
-    limit: int | float | None = None  # lm-eval's --limit: a count, or a fraction when < 1
+    limit: Limit = None  # lm-eval's --limit: a count, or a fraction when < 1
     batch_size: int = Field(default=8, ge=1)
     max_gen_toks: int | None = Field(default=None, ge=1)
     bootstrap_iters: int = Field(default=DEFAULT_BOOTSTRAP_ITERS, ge=0)
@@ -33,12 +32,3 @@ class EvalConfig(CommandConfig):
     log_samples: bool = False
     trust_remote_code: bool = False
     allow_pickle: bool = False
-
-    @field_validator("limit")
-    @classmethod
-    def _positive_finite(cls, value: int | float | None) -> int | float | None:
-        if value is None:
-            return None
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"must be a positive number, got {value}")
-        return value if value < 1 else int(value)

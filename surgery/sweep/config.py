@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from surgery.config import CommandConfig
+from surgery.config import CommandConfig, Limit
 
 
 class SweepConfig(CommandConfig):
@@ -18,7 +17,7 @@ class SweepConfig(CommandConfig):
     model: str
     out_dir: Path
     tasks: str | None = None  # None: the recipe's tasks (eval: else the paper's six; glue: else all found)
-    limit: int | float | None = None  # eval: lm-eval's --limit; similarity: texts; glue: evaluation examples
+    limit: Limit = None  # eval: lm-eval's --limit; similarity: texts; glue: evaluation examples
     data_dir: Path | None = None
     grid: dict[str, list[int]] = Field(default_factory=dict)  # thins a parameter's values (--grid N=4,8)
     variants: list[str] | None = None  # only these recipe lines (identity always runs when the recipe has it)
@@ -37,15 +36,6 @@ class SweepConfig(CommandConfig):
     trust_remote_code: bool = False
     allow_pickle: bool = False
     progress: bool = True
-
-    @field_validator("limit")
-    @classmethod
-    def _positive_finite(cls, value: int | float | None) -> int | float | None:
-        if value is None:
-            return None
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"must be a positive number, got {value}")
-        return value if value < 1 else int(value)
 
     def evaluation_settings(self, kind: str, recipe_settings: dict[str, Any]) -> dict[str, Any]:
         """The settings a result depends on (part of its resume key); run settings (executor...) are not."""
