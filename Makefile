@@ -22,9 +22,10 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/surgery demo --plan skip:13-19 --out demo-out
 
-# unit + integration (real SmolLM2 / MiniLM); what CI runs
+# unit + integration (real SmolLM2 / MiniLM); what CI runs. Two workers, one file each at a time (pytest-xdist):
+# module fixtures (e.g. the ONNX export matrix) are built once.
 test: install
-	$(PY) -m pytest -q -m "not slow and not gpu"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow and not gpu"
 
 # unit tier only: tiny random models, a few minutes
 test-fast: install
