@@ -101,7 +101,6 @@ class ExecutedStep:
         layers: list[nn.Module],
         slots: list[int],
         owner: ExecutionList,
-        stacked: StackedWeights | None = None,
         member_types: list[str | None] | None = None,
     ):
         self.layers = layers
@@ -113,7 +112,7 @@ class ExecutedStep:
         types = self.member_types
         self.attention_type = "full_attention" if self.mixed and "full_attention" in types else types[0]
         self.routes = [SlotRoute(layer, slot) for layer, slot in zip(layers, slots)]
-        self.fused = FusedParallel(stacked, slots) if stacked is not None else None
+        self.fused: FusedParallel | None = None  # set by ExecutionList for a group of one fusable type
 
     def __getattr__(self, name: str) -> Any:
         """What a source loop reads from its layers (``layer_type``, ``self_attn``, ...): the first member's;
@@ -136,16 +135,12 @@ class ExecutedStep:
             and (torch.compiler.is_compiling() or fusable(self.layers))  # e.g. LoRA added after loading
         ):
             result = self.fused(hidden_states, **kwargs)
-        elif self.mixed:
-            masks = self.owner.member_masks()
+        else:
+            masks = self.owner.member_masks() if self.mixed else None
             outputs = [
-                route(hidden_states, *args, **{**kwargs, "attention_mask": masks[kind]})
+                route(hidden_states, *args, **(kwargs if masks is None else {**kwargs, "attention_mask": masks[kind]}))
                 for route, kind in zip(self.routes, self.member_types)
             ]
-            mean = torch.stack([_hidden(out) for out in outputs]).mean(dim=0)
-            result = mean if isinstance(outputs[0], torch.Tensor) else (mean, *outputs[0][1:])
-        else:
-            outputs = [route(hidden_states, *args, **kwargs) for route in self.routes]
             mean = torch.stack([_hidden(out) for out in outputs]).mean(dim=0)
             result = mean if isinstance(outputs[0], torch.Tensor) else (mean, *outputs[0][1:])
         if self.owner.recorded is not None:
@@ -178,10 +173,11 @@ class ExecutionList(nn.ModuleList):
         for step in steps:
             layers = [stored[index] for index in step]
             types = [layer_types[index] for index in step] if layer_types is not None else None
-            stacked = None
-            if fusable(layers) and (types is None or len(set(types)) == 1):
-                stacked = stacks.setdefault(tuple(step), StackedWeights(layers))
-            executed.append(ExecutedStep(layers, list(range(slot, slot + len(step))), self, stacked, types))
+            executed.append(ExecutedStep(layers, list(range(slot, slot + len(step))), self, types))
+            if fusable(layers) and not executed[-1].mixed:  # a looped block's steps share one stacked copy
+                executed[-1].fused = FusedParallel(
+                    stacks.setdefault(tuple(step), StackedWeights(layers)), executed[-1].slots
+                )
             slot += len(step)
         self.steps = executed
 
