@@ -61,6 +61,68 @@ def test_describe_shows_repeated_layers():
     assert resolve_plan(parse_plan_text("loop:2-3x2"), T).describe() == "0-3 2-7"
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sequence:0-9 [10 11]x2 12 13x2 14-29",
+        "0-12,20-29",
+        "0-12 20-29",
+        "sequence: 0, 1, [2 3-5], 6x3, 29",
+        "sequence:[0-29]x3",
+        "sequence:5 4 3 2 1 0",
+    ],
+)
+def test_sequence_plan_text_round_trips(text):
+    """Every printed form of a sequence (canonical, ``plan show``'s executed sequence) is accepted as ``--plan``."""
+    plan = parse_plan_text(text)
+    execution = resolve_plan(plan, 30)
+    assert plan.canonical == "sequence:" + execution.describe()
+    for printed in (plan.canonical, execution.describe()):
+        reparsed = parse_plan_text(printed)
+        assert resolve_plan(reparsed, 30) == execution and reparsed.canonical == plan.canonical
+
+
+@pytest.mark.parametrize(
+    "text", ["skip:13-19,parallel:22-24x2", "repeat:2-5@4", "loop:2-3x2", "shuffle:4-20@7,reverse:21-25", "identity"]
+)
+def test_every_executed_sequence_reads_back_as_a_plan(text):
+    execution = resolve_plan(parse_plan_text(text), 30)
+    assert resolve_plan(parse_plan_text(execution.describe()), 30) == execution
+
+
+def test_sequence_text_matches_yaml_sequence(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text("sequence: [0, '1-3', [4, 5], {parallel: '4-6', loops: 2}, 3, 7]\n")
+    assert resolve_plan(parse_plan_text("sequence:0 1-3 [4 5] [4-6]x2 3 7"), T) == resolve_plan(load_plan(str(path)), T)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("sequence:", "needs at least one layer"),
+        ("sequence:1-3x2", "'x' repeats one layer or a \\[group\\], not the run '1-3x2'"),
+        ("sequence:[1 1]", "names a layer twice"),
+        ("sequence:[]", "empty parallel block"),
+        ("sequence:1-", "malformed sequence entry at '1-'"),
+        ("1 2]x2", "malformed sequence entry at '2]x2'"),
+        ("sequence:[1 2", "malformed sequence entry"),
+        ("sequence:[0-5000]", "over the limit MAX_EXECUTED_STEPS"),
+        ("sequence:1x65", "exceeds the limit MAX_LOOPS=64"),
+        ("sequence:[1 2]x0", "K must be an integer >= 1"),
+        ("sequence:" + "9" * 30, "out of range"),
+        ("sequence:\u0661-3", "non-ASCII digit"),
+    ],
+)
+def test_malformed_sequence_text(text, message):
+    with pytest.raises(SurgeryError, match=message):
+        parse_plan_text(text)
+
+
+def test_sequence_text_out_of_range_for_the_model():
+    with pytest.raises(SurgeryError, match="out of range"):
+        resolve_plan(parse_plan_text("sequence:0-8"), T)
+
+
 def test_custom_class_only_when_needed():
     assert not resolve_plan(parse_plan_text("repeat:2-5,loop:6-7x2"), T).needs_custom_class()
     assert resolve_plan(parse_plan_text("repeat:2-5"), T).needs_custom_class(tie_repeats=True)
@@ -128,7 +190,7 @@ def test_yaml_explicit_sequence(tmp_path):
     path = tmp_path / "plan.yaml"
     path.write_text("sequence: [0, '1-3', [4, 5], {parallel: '4-6', loops: 2}, 3, 7]\n")
     assert _resolve_file(path) == [0, 1, 2, 3, (4, 5), (4, 5, 6), (4, 5, 6), 3, 7]
-    assert load_plan(str(path)).canonical == "sequence:0 1 2 3 [4 5] [4 5 6]x2 3 7"
+    assert load_plan(str(path)).canonical == "sequence:0-3 [4 5] [4 5 6]x2 3 7"
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from surgery.errors import SurgeryError
 from surgery.plan.limits import MAX_EXECUTED_STEPS
-from surgery.plan.spec import LayerPlan, Op, check_overlaps, clip
+from surgery.plan.spec import LayerPlan, Op, check_overlaps, clip, describe_steps
 
 
 @dataclass(frozen=True)
@@ -64,41 +64,8 @@ class ExecutionPlan:
         return self.has_parallel or (tie_repeats and self.has_repeats)
 
     def describe(self) -> str:
-        """Compact one-line form: ``0-9 [10 11]x2 12 13x2 14-29``.
-
-        ``A-B`` is a run of strictly consecutive ascending layers, ``[..]`` a parallel group, and ``xN`` a step
-        run N times in a row; a run stops before a layer that repeats, so a repeated layer is never hidden in
-        the end of one run and the start of the next (``12-13 13-29``).
-        """
-        parts: list[str] = []
-        index = 0
-        steps = self.steps
-
-        def repeats(at: int) -> int:
-            count = 1
-            while at + count < len(steps) and steps[at + count] == steps[at]:
-                count += 1
-            return count
-
-        while index < len(steps):
-            step = steps[index]
-            count = repeats(index)
-            if step.parallel or count > 1:
-                parts.append(str(step) + (f"x{count}" if count > 1 else ""))
-                index += count
-                continue
-            run_end = index
-            while (
-                run_end + 1 < len(steps)
-                and not steps[run_end + 1].parallel
-                and steps[run_end + 1].layers[0] == steps[run_end].layers[0] + 1
-                and repeats(run_end + 1) == 1
-            ):
-                run_end += 1
-            first, last = step.layers[0], steps[run_end].layers[0]
-            parts.append(f"{first}-{last}" if run_end > index else str(first))
-            index = run_end + 1
-        return " ".join(parts)
+        """Compact one-line form, ``0-9 [10 11]x2 12 13x2 14-29`` (see :func:`~surgery.plan.spec.describe_steps`)."""
+        return describe_steps([step.layers for step in self.steps])
 
 
 def _check_in_range(index: int, total: int, where: str) -> None:

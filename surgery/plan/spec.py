@@ -21,18 +21,20 @@ Plans are untrusted input: numbers are ASCII digits only, and the bounds of :mod
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from surgery.errors import SurgeryError
 from surgery.plan.limits import MAX_EXECUTED_STEPS, MAX_LAYER_INDEX, MAX_LOOPS, MAX_PLAN_BYTES, MAX_SEED
-from surgery.plan.yaml_loader import parse_yaml_text, read_plan_file
+from surgery.plan.yaml_loader import parse_yaml_text, path_is, read_plan_file
 
 if TYPE_CHECKING:  # the pydantic schema costs ~60 ms to build: imported only when a YAML plan is parsed
     from surgery.plan import schema
 
 OP_KINDS = ("skip", "reverse", "shuffle", "repeat", "loop", "parallel")
+SEQUENCE_PREFIX = "sequence:"
 
 # ASCII digits only ([0-9], re.ASCII): Python's \d and int() also accept e.g. Arabic-Indic digits.
 _OP_RE = re.compile(
@@ -83,17 +85,54 @@ class LayerPlan:
 
     @property
     def canonical(self) -> str:
-        """The plan in canonical text form (ops sorted by range), or ``sequence:...`` for explicit plans."""
+        """The plan in canonical text form: ops sorted by range, or ``sequence:0-9 [10 11]x2 12-29``.
+
+        Whatever this prints, :func:`parse_plan_text` (and so ``--plan``) accepts and reads back as the same plan.
+        """
         if self.sequence is not None:
-            parts = []
-            for entry in self.sequence:
-                if entry.parallel:
-                    group = "[" + " ".join(map(str, entry.layers)) + "]"
-                    parts.append(group if entry.loops == 1 else f"{group}x{entry.loops}")
-                else:
-                    parts.append(str(entry.layers[0]))
-            return "sequence:" + " ".join(parts)
+            return SEQUENCE_PREFIX + describe_steps(
+                [entry.layers for entry in self.sequence for _ in range(entry.loops)]
+            )
         return ",".join(str(op) for op in self.ops) or "identity"
+
+
+def describe_steps(steps: Sequence[tuple[int, ...]]) -> str:
+    """Compact one-line form of executed steps: ``0-9 [10 11]x2 12 13x2 14-29``.
+
+    Each step is a tuple of source layers (several: a parallel group). ``A-B`` is a run of strictly consecutive
+    ascending single layers, ``[..]`` a parallel group, and ``xN`` a step run N times in a row; a run stops
+    before a layer that repeats, so a repeated layer is never hidden in the end of one run and the start of the
+    next (``12-13 13-29``). The ``sequence:`` plan text form reads this back (:func:`parse_plan_text`).
+    """
+    parts: list[str] = []
+    index = 0
+
+    def repeats(at: int) -> int:
+        count = 1
+        while at + count < len(steps) and steps[at + count] == steps[at]:
+            count += 1
+        return count
+
+    while index < len(steps):
+        step = steps[index]
+        count = repeats(index)
+        if len(step) > 1 or count > 1:
+            text = "[" + " ".join(map(str, step)) + "]" if len(step) > 1 else str(step[0])
+            parts.append(text + (f"x{count}" if count > 1 else ""))
+            index += count
+            continue
+        run_end = index
+        while (
+            run_end + 1 < len(steps)
+            and len(steps[run_end + 1]) == 1
+            and steps[run_end + 1][0] == steps[run_end][0] + 1
+            and repeats(run_end + 1) == 1
+        ):
+            run_end += 1
+        first, last = step[0], steps[run_end][0]
+        parts.append(f"{first}-{last}" if run_end > index else str(first))
+        index = run_end + 1
+    return " ".join(parts)
 
 
 def clip(text: str, limit: int = 60) -> str:
@@ -227,6 +266,10 @@ def parse_plan_text(text: str) -> LayerPlan:
     stripped = text.strip()
     if stripped in ("", "identity", "none"):
         return LayerPlan(ops=(), text=text)
+    if stripped.startswith(SEQUENCE_PREFIX):
+        return LayerPlan(sequence=_parse_sequence_text(stripped[len(SEQUENCE_PREFIX) :]), text=text)
+    if ":" not in stripped and stripped[0] in "0123456789[":
+        return LayerPlan(sequence=_parse_sequence_text(stripped), text=text)
     parts = stripped.split(",")
     if any(not part.strip() for part in parts):
         raise SurgeryError(f"malformed plan {clip(stripped)!r}: empty op between commas")
@@ -307,6 +350,67 @@ def _sequence_entries(items: list[Any]) -> tuple[SequenceEntry, ...]:
     return tuple(entries)
 
 
+@dataclass(frozen=True)
+class _Group:
+    """A parallel group of the ``sequence:`` text form, shaped like the YAML schema's mapping entry."""
+
+    parallel: list[int]
+    loops: int
+
+
+_SEQUENCE_TOKEN_RE = re.compile(
+    r"\[(?P<group>[^\[\]]*)\](?:x(?P<group_loops>[0-9]+))?|(?P<start>[0-9]+)(?:-(?P<end>[0-9]+))?(?:x(?P<loops>[0-9]+))?",
+    re.ASCII,
+)
+_SEPARATORS = " \t\n\r,"
+
+
+def _parse_sequence_text(body: str) -> tuple[SequenceEntry, ...]:
+    """Entries of ``sequence:0-9 [10 11]x2 12x2 13-29`` (what :func:`describe_steps` prints).
+
+    Entries are separated by spaces or commas: ``N`` one layer, ``A-B`` layers A..B in order, ``Nx K`` layer N
+    K times in a row, ``[a b A-B]`` a parallel group, ``[..]xK`` that group looped K times.
+    """
+    _check_ascii_digits(body, body)
+    items: list[Any] = []
+    position = 0
+    while True:
+        while position < len(body) and body[position] in _SEPARATORS:
+            position += 1
+        if position == len(body):
+            break
+        match = _SEQUENCE_TOKEN_RE.match(body, position)
+        end = match.end() if match else position
+        if not match or (end < len(body) and body[end] not in _SEPARATORS):
+            near = body[position : position + 20]
+            raise SurgeryError(
+                f"malformed sequence entry at {clip(near, 24)!r}; expected e.g. sequence:0-9 [10 11]x2 12x2 13-29"
+            )
+        where = clip(match[0], 30)
+        if match["group"] is not None:
+            members: list[int] = []
+            for member in match["group"].replace(",", " ").split():
+                members.extend(_bounded_range(member, where))
+                if len(members) > MAX_EXECUTED_STEPS:
+                    _check_executed(len(members), where)
+            loops = _to_int(match["group_loops"], where) if match["group_loops"] is not None else 1
+            items.append(_Group(parallel=members, loops=loops))
+        elif match["loops"] is not None:
+            if match["end"] is not None:
+                raise SurgeryError(f"'x' repeats one layer or a [group], not the run {where!r}: write each layer")
+            times = _to_int(match["loops"], where)
+            _check_loops(times, where)
+            items.extend([_to_int(match["start"], where)] * times)
+        elif match["end"] is not None:
+            items.append(match[0])
+        else:
+            items.append(_to_int(match["start"], where))
+        position = end
+    if not items:
+        raise SurgeryError("an explicit sequence needs at least one layer, e.g. sequence:0-12 20-29")
+    return _sequence_entries(items)
+
+
 def _check_executed(executed: int, where: str) -> None:
     if executed > MAX_EXECUTED_STEPS:
         raise SurgeryError(
@@ -353,12 +457,12 @@ def load_plan(plan: str) -> LayerPlan:
     """
     if not isinstance(plan, str):
         raise SurgeryError(f"a plan must be text or a file path, got {type(plan).__name__}")
-    if plan.endswith((".yaml", ".yml")) or (plan and Path(plan).is_file()):
+    if plan.endswith((".yaml", ".yml")) or path_is(Path.is_file, plan):
         text = read_plan_file(plan)
         return parse_plan_mapping(parse_yaml_text(text, plan), text)
     try:
         return parse_plan_text(plan)
     except SurgeryError:
-        if plan.strip() and Path(plan).is_dir():
+        if path_is(Path.is_dir, plan):
             raise SurgeryError(f"plan path {plan} is a directory, not a plan file or plan text") from None
         raise
