@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from surgery.errors import SurgeryError
+from surgery.io.model_code import CODE_CONFIG_KEYS
 
 if TYPE_CHECKING:
     from surgery.detect import Detection
@@ -102,7 +103,9 @@ REFUSED: dict[str, str] = {
 }
 
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
-SOURCE_KEYS = ("model_type", "architectures", "auto_map", "transformers_version")
+# Keys not passed on to the source architecture's config class: identity, and every key that names code
+# (transformers' from_config would load a Hub kernel named by ``attn_implementation``; see surgery.io.model_code).
+SOURCE_KEYS = ("model_type", "architectures", "transformers_version", *CODE_CONFIG_KEYS)
 
 
 def check_model_type(config: Mapping) -> str:
@@ -117,9 +120,14 @@ def check_model_type(config: Mapping) -> str:
     return model_type
 
 
+def layer_count_key(config: Mapping) -> str:
+    """The key :func:`layer_count` reads: the first of :data:`LAYER_COUNT_KEYS` present (``num_hidden_layers``)."""
+    return next((key for key in LAYER_COUNT_KEYS if key in config), "num_hidden_layers")
+
+
 def layer_count(config: Mapping, given: str) -> int:
     """The layer count of a ``config.json`` (``num_hidden_layers`` or the model's own key, e.g. ``n_layer``)."""
-    key = next((key for key in LAYER_COUNT_KEYS if key in config), "num_hidden_layers")
+    key = layer_count_key(config)
     value = config.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise SurgeryError(f"config of {given} has no positive integer {key} (got {value!r})")

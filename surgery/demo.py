@@ -35,15 +35,18 @@ def run_demo(plan: str, out_dir: Path, prompt: str, max_new_tokens: int) -> None
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging
 
+    from surgery.io.loading import check_loadable
     from surgery.materialize import ApplyOptions, apply_plan
 
     logging.set_verbosity_error()
     gguf = demo_model_path(DEMO_MODEL)
+    check_loadable(DEMO_MODEL)  # like every command: no code from the GGUF's folder (custom_generate/, ...)
     click.echo(f"$ surgery apply --overwrite --plan {plan} {DEMO_MODEL} {out_dir}")
     result = apply_plan(DEMO_MODEL, plan, out_dir, ApplyOptions(overwrite=True))
     source = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name).eval()
     tokenizer = AutoTokenizer.from_pretrained(out_dir)
-    output = AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True).eval()
+    trust = check_loadable(str(out_dir))[2]  # True only for surgery's own, hash-verified modeling files
+    output = AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=trust).eval()
     execution = result.execution
     click.echo("")
     click.echo(f"{'':18}{'source':>22}{'output':>22}")

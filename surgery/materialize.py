@@ -28,12 +28,21 @@ from surgery.architectures import (
     ArchSpec,
     check_model_type,
     layer_count,
+    layer_count_key,
     spec_from_detection,
 )
 from surgery.card import write_model_card
 from surgery.config import CommandConfig
 from surgery.errors import SurgeryError
-from surgery.io.integrity import check_config_agrees, check_layers_consistent, expected_outputs, verify_written
+from surgery.io.integrity import (
+    check_config_agrees,
+    check_layer_numbering,
+    check_layers_consistent,
+    expected_outputs,
+    group_layer_tensors,
+    verify_written,
+)
+from surgery.io.model_code import CODE_CONFIG_KEYS, hub_kernels
 from surgery.io.model_ref import ModelRef, first_line, read_json_object
 from surgery.io.output_dir import check_output_dir, staged_output
 from surgery.io.safetensors_stream import (
@@ -85,28 +94,6 @@ class ApplyResult:
     num_stored_layers: int
     files: list[str] = field(default_factory=list)
     bytes_written: int = 0
-
-
-def group_layer_tensors(
-    records: dict[str, TensorRecord], spec: ArchSpec, num_layers: int
-) -> tuple[dict[int, list[tuple[str, str, TensorRecord]]], list[TensorRecord]]:
-    """Split tensors into per-layer ``(head, tail, record)`` lists and the non-layer rest."""
-    pattern = spec.layer_key_pattern
-    layers: dict[int, list[tuple[str, str, TensorRecord]]] = {i: [] for i in range(num_layers)}
-    others: list[TensorRecord] = []
-    for name, record in records.items():
-        match = pattern.match(name)
-        if match is None:
-            others.append(record)
-            continue
-        index = int(match["index"])
-        if index not in layers:
-            raise SurgeryError(f"tensor {name} names layer {index}, but the config has {num_layers} layers")
-        layers[index].append((match["head"], match["tail"], record))
-    missing = [i for i, tensors in layers.items() if not tensors]
-    if missing:
-        raise SurgeryError(f"checkpoint has no tensors for layer(s) {missing[:5]} (layer list {spec.layer_list!r})")
-    return layers, others
 
 
 def build_tensor_map(
@@ -169,7 +156,8 @@ def _default_architecture(model_type: str, generative: bool) -> str:
 def _write_source_config(raw: dict, updates: dict, dtype: str | None, out: Path) -> None:
     """Edit the source ``config.json`` as JSON: layer count and per-layer keys (``updates``), dtype."""
     config = dict(raw)
-    config.pop("auto_map", None)  # no code is copied into a plain output, so nothing for it to point at
+    for key in CODE_CONFIG_KEYS:  # no code is copied into a plain output, so nothing for these to point at
+        config.pop(key, None)
     config.update(updates)
     if dtype is not None:
         config["dtype"] = dtype
@@ -195,7 +183,7 @@ def _write_surgery_config(
     fields = {
         k: v
         for k, v in config.to_dict().items()
-        if k not in ("model_type", "architectures", "auto_map", "transformers_version")
+        if k not in ("model_type", "architectures", "transformers_version", *CODE_CONFIG_KEYS)
     }
     architectures = config.architectures or [_default_architecture(config.model_type, spec.generative)]
     layer_types = getattr(config, "layer_types", None) if "layer_types" in spec.per_layer_config else None
@@ -230,9 +218,12 @@ def _transformers_config(source: SourceModel):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(source.path, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(source.path, trust_remote_code=False)
     except (ValueError, OSError, TypeError, KeyError) as exc:  # transformers' errors for an unusable config
         raise SurgeryError(f"cannot read config of {source.given}: {first_line(exc)}") from exc
+    if hub_kernels({"_attn_implementation": getattr(config, "_attn_implementation", None)}):
+        config._attn_implementation = None  # a Hub kernel is code: never downloaded to build the meta model
+    return config
 
 
 @dataclass
@@ -352,10 +343,17 @@ def apply_plan(
         check_model_type(raw_config)
         execution = resolve_plan(plan, layer_count(raw_config, source.given))
         custom = options.surgery_class or execution.needs_custom_class(options.tie_repeats)
+        try:  # headers first: a config claiming more layers than stored must not build that many on meta
+            records, unreadable = index_checkpoint(source.weight_files), None
+        except SurgeryError as exc:  # reported after detection, which names an unsupported architecture first
+            records, unreadable = None, exc
+        if records is not None:
+            check_layer_numbering(records, execution.num_source_layers, source.given, layer_count_key(raw_config))
+            check_config_agrees(raw_config, records)
         arch = _detect_source(source, raw_config, execution.num_source_layers, custom)
+        if unreadable is not None:
+            raise unreadable
         spec = arch.spec
-        records = index_checkpoint(source.weight_files)
-        check_config_agrees(raw_config, records)
         tensor_map = build_tensor_map(
             records,
             spec,

@@ -7,9 +7,11 @@ the checks cost milliseconds. Each raises :class:`SurgeryError` with one line na
 from __future__ import annotations
 
 import os
-from collections import Counter
+import re
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from surgery.errors import SurgeryError
 from surgery.io.safetensors_stream import (
@@ -20,6 +22,12 @@ from surgery.io.safetensors_stream import (
     read_header,
     read_weight_map,
 )
+
+if TYPE_CHECKING:
+    from surgery.architectures import ArchSpec
+
+# A layer number inside a tensor name: ``model.layers.12.mlp...`` (at most 9 digits; longer runs are not layers).
+_NUMBERED = re.compile(r"(?:^|\.)(\d{1,9})\.")
 
 # Name endings of input-embedding matrices ([vocab_size, hidden_size]) in the supported families.
 EMBEDDING_SUFFIXES = ("embed_tokens.weight", "word_embeddings.weight", "embed_in.weight", "wte.weight")
@@ -58,6 +66,73 @@ def _raise_first(problems: list[tuple[tuple, str]], what: str) -> None:
     if len(problems) > 1:
         message += f" (and {len(problems) - 1} more {what})"
     raise SurgeryError(message)
+
+
+def numbered_lists(names: Iterable[str]) -> dict[str, set[int]]:
+    """``{prefix: numbers}`` of every numbered module list in tensor ``names`` (``model.layers.`` -> {0, 1, ...}).
+
+    Every position is looked at, so ``model.layers.3.mlp.experts.7.w1`` counts for ``model.layers.`` (3) and for
+    ``model.layers.3.mlp.experts.`` (7). Pure string work: no architecture knowledge, no torch.
+    """
+    lists: dict[str, set[int]] = defaultdict(set)
+    for name in names:
+        for match in _NUMBERED.finditer(name):
+            lists[name[: match.start(1)]].add(int(match.group(1)))
+    return lists
+
+
+def check_layer_numbering(records: Mapping[str, TensorRecord], num_layers: int, given: str, key: str) -> None:
+    """Refuse a checkpoint whose config's layer count (``key`` = ``num_layers``) no stored block list has.
+
+    The cheap half of the layer check (milliseconds, before anything builds a model of ``num_layers`` layers,
+    which for a config claiming 50000 takes minutes): some numbered list in the tensor names must hold exactly
+    the layers ``0 .. num_layers - 1``. :func:`group_layer_tensors` then checks that list is the architecture's
+    block list. Raises :class:`SurgeryError`, e.g. ``config of M says num_hidden_layers=8, but its weights hold
+    layers 0-5 (model.layers.*)``.
+    """
+    lists = numbered_lists(records)
+    wanted = set(range(num_layers))
+    if any(numbers == wanted for numbers in lists.values()):
+        return
+    if not lists:
+        raise SurgeryError(
+            f"config of {given} says {key}={num_layers}, but no tensor of its weights is numbered by layer"
+        )
+    prefix, numbers = max(lists.items(), key=lambda item: (len(item[1]), -len(item[0])))
+    held = format_layers(numbers) if len(numbers) <= 64 else f"{len(numbers)} numbered layers"
+    raise SurgeryError(
+        f"config of {given} says {key}={num_layers}, but its weights hold {held} ({prefix}*); "
+        "the config and the tensors must agree"
+    )
+
+
+def group_layer_tensors(
+    records: dict[str, TensorRecord], spec: ArchSpec, num_layers: int
+) -> tuple[dict[int, list[tuple[str, str, TensorRecord]]], list[TensorRecord]]:
+    """Split tensors into per-layer ``(head, tail, record)`` lists and the non-layer rest.
+
+    The check ``apply`` and every other command make (:func:`surgery.io.loading.check_stored_layers`) before
+    using a checkpoint: each of the config's ``num_layers`` layers has tensors under ``spec``'s block list and
+    none is numbered beyond it. Raises :class:`SurgeryError` naming the first disagreement.
+    """
+    pattern = spec.layer_key_pattern
+    layers: dict[int, list[tuple[str, str, TensorRecord]]] = {i: [] for i in range(num_layers)}
+    others: list[TensorRecord] = []
+    for name, record in records.items():
+        match = pattern.match(name)
+        if match is None:
+            others.append(record)
+            continue
+        digits = match["index"]
+        index = int(digits) if len(digits) <= 9 else -1  # int() of thousands of digits raises ValueError
+        if index not in layers:
+            shown = digits if len(digits) <= 12 else digits[:12] + "..."
+            raise SurgeryError(f"tensor {_show(name)} names layer {shown}, but the config has {num_layers} layers")
+        layers[index].append((match["head"], match["tail"], record))
+    missing = [i for i, tensors in layers.items() if not tensors]
+    if missing:
+        raise SurgeryError(f"checkpoint has no tensors for layer(s) {missing[:5]} (layer list {spec.layer_list!r})")
+    return layers, others
 
 
 def check_layers_consistent(layers: Mapping[int, list[tuple[str, str, TensorRecord]]]) -> None:

@@ -10,23 +10,51 @@
 * looks like a path (``.``, ``/``, ``~``) or is not a valid Hub id: "model path not found";
 * otherwise a Hub id (``owner/name``), with ``--revision`` to pin a branch, tag or commit.
 
-It also owns the consent rules for running code from a model folder (:func:`remote_code_policy`) and for
-pickle weights (:meth:`ModelRef.check_pickle`), so no command can forget them.
+It also owns the consent rules for running code from a model folder (:func:`remote_code_policy`, implemented
+in :mod:`surgery.io.model_code`) and for pickle weights (:meth:`ModelRef.check_pickle`), and refuses a model
+folder holding a FIFO, device or socket (:func:`check_regular_files`), so no command can forget them.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from surgery.errors import SurgeryError
+from surgery.fileio import open_regular, special_file_kind
 from surgery.io.hub import prepare_hub
+from surgery.io.model_code import OUR_AUTO_MAP_VALUES, remote_code_policy, ships_our_code
+
+__all__ = [
+    "OUR_AUTO_MAP_VALUES",
+    "ModelRef",
+    "check_regular_files",
+    "first_line",
+    "num_layers_of",
+    "read_json_object",
+    "remote_code_policy",
+    "ships_our_code",
+]
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 PICKLE_GLOBS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
+MAX_JSON_BYTES = 64 << 20  # config-sized JSON files; a bigger one is refused rather than read into memory
+# Files transformers reads next to a GGUF file (the tokenizer's and generation configs, an adapter, custom code).
+GGUF_SIDE_FILES = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+    "adapter_config.json",
+    "custom_generate",
+)
 
 
 @dataclass(frozen=True)
@@ -55,9 +83,13 @@ class ModelRef:
             raise SurgeryError(f"cannot use model path {text!r}: {exc.strerror or exc}") from None
         if text.endswith(".gguf"):
             if not path.is_file():
+                if exists:
+                    check_regular_files(path.parent, [path.name])
                 raise SurgeryError(f"model path not found: {text}")
+            check_regular_files(path.parent, GGUF_SIDE_FILES)  # transformers reads these next to the file
             return cls(text, "gguf", path=path)
         if is_dir:
+            check_regular_files(path)
             if not (path / "config.json").is_file():
                 raise SurgeryError(f"no config.json in model directory {path}")
             return cls(text, "directory", path=path)
@@ -144,8 +176,11 @@ def first_line(exc: BaseException) -> str:
 def read_json_object(path: Path, what: str) -> dict[str, Any]:
     """A JSON file that must hold an object; one clear error for unreadable, invalid or non-object JSON."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        with open_regular(Path(path), max_bytes=MAX_JSON_BYTES) as handle:  # never a FIFO or /dev/zero
+            data = json.loads(handle.read().decode("utf-8"))
+    except OSError as exc:
+        raise SurgeryError(f"cannot read {what} ({path}): {exc.strerror or first_line(exc)}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise SurgeryError(f"cannot read {what} ({path}): {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise SurgeryError(f"{what} ({path}) is not a JSON object")
@@ -172,71 +207,20 @@ def num_layers_of(config: dict[str, Any], given: str) -> int:
     return value
 
 
-# ------------------------------------------------------------------------------------------------- remote code
+def check_regular_files(directory: Path, names: list[str] | tuple[str, ...] | None = None) -> None:
+    """Refuse a model folder with a FIFO, device or socket among its entries (``names``, or all of them).
 
-OUR_AUTO_MAP_VALUES = {
-    "configuration_surgery.SurgeryConfig",
-    "modeling_surgery.SurgeryForCausalLM",
-    "modeling_surgery.SurgeryModel",
-}
-
-
-def _auto_map_entries(ref: ModelRef, config: dict[str, Any]) -> list[str]:
-    """Every class reference in ``auto_map`` of config.json and tokenizer_config.json (what transformers runs)."""
-    entries: list[str] = []
-    sources = [config]
-    tokenizer_config = ref.local_file("tokenizer_config.json")
-    if tokenizer_config is not None:
+    Reading such a file (``model.safetensors`` as a FIFO, ``config.json -> /dev/zero``) would block forever or
+    never end, in surgery or in transformers; ``stat`` tells without opening it. Symbolic links are followed
+    (the Hub cache links to its blobs); a dangling one is left to the reader's own "not found" error.
+    """
+    entries = names if names is not None else sorted(entry.name for entry in os.scandir(directory))
+    for name in entries:
+        path = Path(directory) / name
         try:
-            sources.append(json.loads(tokenizer_config.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError, ValueError):
-            pass  # transformers will fail on it too, without running anything
-    for source in sources:
-        auto_map = source.get("auto_map") if isinstance(source, dict) else None
-        if not auto_map:
-            continue
-        values = auto_map.values() if isinstance(auto_map, dict) else [auto_map]
-        for value in values:
-            entries.extend(value if isinstance(value, (list, tuple)) else [value])
-    return [str(entry) for entry in entries if entry is not None]
-
-
-def ships_our_code(ref: ModelRef, config: dict[str, Any]) -> bool:
-    """True when the only code MODEL ships is this package's modeling files, byte for byte (sha256).
-
-    ``surgery.json`` is not evidence (anyone can write it): the files that ``auto_map`` makes transformers
-    import are hashed and compared with the ones :mod:`surgery.modeling` writes into checkpoints.
-    """
-    from surgery.fileio import sha256_file
-    from surgery.modeling import MODELING_FILES
-
-    entries = _auto_map_entries(ref, config)
-    if not entries or not set(entries) <= OUR_AUTO_MAP_VALUES:
-        return False
-    for ours in MODELING_FILES:
-        theirs = ref.local_file(ours.name)
-        if theirs is None or sha256_file(theirs) != sha256_file(ours):
-            return False
-    return True
-
-
-def remote_code_policy(ref: ModelRef, config: dict[str, Any], trust_remote_code: bool) -> bool:
-    """The ``trust_remote_code`` value to pass to transformers for MODEL.
-
-    ``True`` with the user's explicit ``--trust-remote-code``, or for a checkpoint whose only code is this
-    package's own modeling files (verified by hash). A model that ships any other code is refused with one
-    line naming it; without any ``auto_map`` nothing can run and ``False`` is passed.
-    """
-    if trust_remote_code:
-        return True
-    if ref.kind == "gguf":
-        return False
-    entries = _auto_map_entries(ref, config)
-    if not entries:
-        return False
-    if ships_our_code(ref, config):
-        return True
-    raise SurgeryError(
-        f"{ref.given} ships its own Python code (auto_map: {', '.join(sorted(set(entries)))}) that transformers "
-        "would import and run; pass --trust-remote-code if you have read it and trust it"
-    )
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue  # absent or dangling: nothing to block on
+        kind = special_file_kind(mode)
+        if kind is not None and kind != "a directory":
+            raise SurgeryError(f"{path} is {kind}, not a regular file; refusing to read it")

@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from surgery.errors import SurgeryError
+from surgery.fileio import open_regular
 
 # Bytes per element of each safetensors dtype; torch is imported only to convert dtypes.
 ITEMSIZE: dict[str, int] = {
@@ -110,8 +111,8 @@ def read_header(path: Path) -> tuple[dict, int]:
         return SurgeryError(f"corrupt safetensors file {path}: {problem}")
 
     try:
-        size = os.stat(path).st_size
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:  # a FIFO or device named *.safetensors is refused, never read
+            size = os.fstat(handle.fileno()).st_size
             raw = handle.read(8)
             if len(raw) != 8:
                 raise SurgeryError(f"not a safetensors file (too short: {size} bytes): {path}")
@@ -167,7 +168,8 @@ def read_weight_map(directory: Path) -> dict[str, str]:
     """
     index = Path(directory) / INDEX_NAME
     try:
-        data = _load_json(index.read_bytes())
+        with open_regular(index, max_bytes=_MAX_HEADER) as handle:
+            data = _load_json(handle.read())
     except OSError as exc:
         raise SurgeryError(f"cannot read {index}: {exc.strerror or exc}") from None
     except ValueError as exc:
@@ -311,7 +313,7 @@ def _copy_bytes(source: TensorRecord, out: BinaryIO) -> None:
     Every loop iteration either makes progress or raises, so this always terminates.
     """
     out.flush()
-    with open(source.file, "rb") as src:
+    with open_regular(source.file) as src:
         remaining, offset = source.nbytes, source.offset
         try:
             while remaining:
@@ -352,7 +354,7 @@ def read_tensor(source: TensorRecord):
     """
     import torch
 
-    with open(source.file, "rb") as src:
+    with open_regular(source.file) as src:
         src.seek(source.offset)
         data = bytearray(src.read(source.nbytes))
     if len(data) != source.nbytes:

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from surgery.errors import SurgeryError
-from surgery.fileio import sha256_file
-from surgery.io.model_ref import PICKLE_GLOBS, ModelRef, first_line
+from surgery.fileio import open_regular, sha256_file
+from surgery.io.model_code import CODE_CONFIG_KEYS
+from surgery.io.model_ref import MAX_JSON_BYTES, PICKLE_GLOBS, ModelRef, first_line
 from surgery.io.safetensors_stream import read_index
 
 TOKENIZER_FILES = (
@@ -284,10 +285,29 @@ def resolve_source(
 
 
 def copy_side_files(source: Path, out_dir: Path) -> list[str]:
-    """Copy tokenizer files and the generation config; returns the names copied."""
+    """Copy tokenizer files and the generation config; returns the names copied.
+
+    No code comes along: ``.py`` files are never copied, so a JSON file's code references (``auto_map``, ...,
+    :data:`~surgery.io.model_code.CODE_CONFIG_KEYS`) are dropped from the copy rather than left dangling.
+    """
     copied = []
     for name in (*TOKENIZER_FILES, "generation_config.json"):
         if (source / name).is_file():
-            shutil.copy2(source / name, out_dir / name)
+            data = _json_with_code_keys(source / name) if name.endswith(".json") else None
+            if data is None:
+                shutil.copy2(source / name, out_dir / name)
+            else:
+                kept = {key: value for key, value in data.items() if key not in CODE_CONFIG_KEYS}
+                (out_dir / name).write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
             copied.append(name)
     return copied
+
+
+def _json_with_code_keys(path: Path) -> dict | None:
+    """The JSON object in ``path`` when it names code (an ``auto_map``, ...), else None (copied byte for byte)."""
+    try:
+        with open_regular(path, max_bytes=MAX_JSON_BYTES) as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) and any(key in data for key in CODE_CONFIG_KEYS) else None
