@@ -37,8 +37,58 @@ OP_MEANINGS = {
     ),
 }
 REMOTE_CODE_FILES = ("configuration_surgery.py", "modeling_surgery.py", "fused_parallel.py")
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # what the Hub accepts as base_model
+HUB_ID = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")  # what the Hub accepts as base_model (fullmatch)
 STAGES_DESCRIBED_ELSEWHERE = ("apply", "push", "finetune")
+
+
+# Characters that would let text from a file act as Markdown or HTML in a card: escaped as entities (which GFM
+# tables split on before decoding, so `|` cannot end a cell). Line breaks and other control characters become
+# spaces (no new line can start: no heading, list, `---` rule or front matter from data); bidi overrides go.
+_MD_ENTITIES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "&#124;", "[": "&#91;", "]": "&#93;",
+                              "`": "&#96;", "\\": "&#92;", "*": "&#42;"})  # fmt: skip
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_BIDI = re.compile(r"[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
+MAX_FIELD = 300  # characters of one field from a file shown on a card
+
+
+def plain_line(value: Any, limit: int = MAX_FIELD) -> str:
+    """``value`` as one line of plain text: control characters as spaces, bidi overrides dropped, at most
+    ``limit`` characters (``…`` when cut). For YAML metadata and code spans, which escape on their own."""
+    text = _BIDI.sub("", _CONTROL.sub(" ", str(value))).strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def meta_text(value: Any, limit: int = MAX_FIELD) -> str:
+    """``value`` for the card's YAML metadata (``model-index`` names): one plain line, no HTML tag."""
+    return plain_line(value, limit).replace("<", "&lt;").replace(">", "&gt;")
+
+
+def md_text(value: Any, limit: int = MAX_FIELD) -> str:
+    """``value`` (from a file: a task name, a note, a machine field) as inert Markdown: one line, no HTML, no
+    link, no table cell break, no code span; it reads the same once rendered."""
+    return plain_line(value, limit).translate(_MD_ENTITIES)
+
+
+def md_code(value: Any, limit: int = MAX_FIELD) -> str:
+    """``value`` as an inline code span, whatever backticks it holds (the fence is one longer than its longest
+    run), on one line; as :func:`md_text` when it holds ``<``, ``>`` or ``|`` (no tag in the card even inside
+    code, and a ``|`` would split a table cell even inside a code span)."""
+    text = plain_line(value, limit)
+    if re.search(r"[<>|]", text):
+        return md_text(text, limit)
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def py_string(value: Any) -> str:
+    """``value`` as a Python (and JSON) string literal for a code block: one line, no ``<`` or ``>``."""
+    return json.dumps(plain_line(value)).replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def md_fence(text: str) -> str:
+    """The backtick fence a code block around ``text`` needs: longer than any backtick run inside it."""
+    return "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
 
 
 @dataclass
@@ -55,23 +105,24 @@ def _ops_in(canonical: str) -> list[str]:
         return ["sequence"]
     if canonical == "identity":
         return []
-    return sorted({op.split(":", 1)[0] for op in canonical.split(",")})
+    return sorted({op.split(":", 1)[0] for op in canonical.split(",")} & set(OP_MEANINGS))  # known names only
 
 
 def _origin(source: dict) -> str:
     """The source model in words: its Hub id, or the GGUF file (name, sha256) / local directory it came from."""
     if source.get("repo_id"):
-        return f"**{source['repo_id']}**"
+        return f"**{md_text(source['repo_id'])}**"
     if source.get("kind") == "gguf":
-        named = f", whose metadata names {source['gguf_repo']}" if source.get("gguf_repo") else ""
-        return f"the GGUF file **{Path(source['source']).name}** (sha256 `{source.get('sha256')}`{named})"
-    return f"the local checkpoint **{Path(str(source.get('source', source.get('given')))).name}**"
+        named = f", whose metadata names {md_text(source['gguf_repo'])}" if source.get("gguf_repo") else ""
+        file = md_text(Path(str(source.get("source"))).name)
+        return f"the GGUF file **{file}** (sha256 {md_code(source.get('sha256'))}{named})"
+    return f"the local checkpoint **{md_text(Path(str(source.get('source', source.get('given')))).name)}**"
 
 
 def base_model_of(source: dict) -> str | None:
     """The Hub id the Hub's ``base_model`` can name: the source repo, or the one a GGUF file's metadata names."""
     candidate = source.get("repo_id") or source.get("gguf_repo")
-    return candidate if isinstance(candidate, str) and HUB_ID.match(candidate) else None
+    return candidate if isinstance(candidate, str) and HUB_ID.fullmatch(candidate) else None
 
 
 def last_stage(record: Provenance, name: str) -> Stage | None:
@@ -92,13 +143,13 @@ def _use_section(directory: Path, record: Provenance, name: str, custom_class: b
     remote = ", trust_remote_code=True" if custom_class else ""
     code = f"""```python
 from transformers import {auto}, AutoTokenizer
-model = {auto}.from_pretrained("{name}"{remote})
-tokenizer = AutoTokenizer.from_pretrained("{name}")
+model = {auto}.from_pretrained({py_string(name)}{remote})
+tokenizer = AutoTokenizer.from_pretrained({py_string(name)})
 ```"""
     if not custom_class:
-        return f"## Use\n\nA plain `{record.output['architecture']}`; no custom code.\n\n{code}\n"
+        return f"## Use\n\nA plain {md_code(record.output['architecture'])}; no custom code.\n\n{code}\n"
     config = _read_json(directory / "config.json")
-    inner = ", ".join(config.get("source_architectures") or []) or "the source architecture"
+    inner = ", ".join(map(str, config.get("source_architectures") or [])) or "the source architecture"
     from surgery import __version__
     from surgery.modeling import MODELING_FILES
 
@@ -109,7 +160,8 @@ tokenizer = AutoTokenizer.from_pretrained("{name}")
         what = (
             f"They import only torch and transformers (not the surgery package) and download nothing: "
             f"`SurgeryConfig` is the source config plus the map from stored to executed layers, and "
-            f"`{record.output['architecture']}` builds transformers' own `{inner}` with the stored layers and runs "
+            f"{md_code(record.output['architecture'])} builds transformers' own {md_code(inner)} with the stored "
+            "layers and runs "
             f"them in the executed order (a parallel group's outputs are averaged). They are byte-identical to the "
             f"files surgery {__version__} writes (checked when this card was rendered); read them before trusting them."
         )
@@ -122,7 +174,7 @@ tokenizer = AutoTokenizer.from_pretrained("{name}")
 **What `trust_remote_code=True` runs.** This checkpoint uses the surgery model class because {_why_custom(record)}.
 `trust_remote_code=True` lets transformers import the Python files shipped here, `configuration_surgery.py`,
 `modeling_surgery.py` and `fused_parallel.py` (which the second imports), written by surgery
-{record.surgery_version}. {what}
+{md_text(record.surgery_version)}. {what}
 
 {hashes}
 """
@@ -131,11 +183,11 @@ tokenizer = AutoTokenizer.from_pretrained("{name}")
 def _finetune_section(stage: Stage | None) -> str:
     if stage is None:
         return ""
-    rows = "\n".join(f"| {key} | {_cell(value)} |" for key, value in stage.details.items())
+    rows = "\n".join(f"| {md_text(key)} | {_cell(value)} |" for key, value in stage.details.items())
     table = f"| setting | value |\n|---|---|\n{rows}\n" if rows else ""
     return (
-        f"## Fine-tuning\n\nAfter the surgery the weights were fine-tuned with surgery {stage.surgery_version} "
-        f"({stage.date}):\n\n{table}"
+        f"## Fine-tuning\n\nAfter the surgery the weights were fine-tuned with surgery "
+        f"{md_text(stage.surgery_version)} ({md_text(stage.date)}):\n\n{table}"
     )
 
 
@@ -144,27 +196,32 @@ def _later_stages_section(record: Provenance) -> str:
     if not stages:
         return ""
     rows = "\n".join(
-        f"| {stage.stage} | {stage.date} | {stage.surgery_version} | "
-        f"{', '.join(f'{k}={_cell(v)}' for k, v in stage.details.items())} |"
+        f"| {md_text(stage.stage)} | {md_text(stage.date)} | {md_text(stage.surgery_version)} | "
+        f"{', '.join(f'{md_text(k)}={_cell(v)}' for k, v in stage.details.items())} |"
         for stage in stages
     )
     return f"## Later stages\n\n| stage | date (UTC) | surgery | details |\n|---|---|---|---|\n{rows}\n"
 
 
 def _cell(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)
-    return text.replace("|", "\\|").replace("\n", " ")
+    return md_text(value if isinstance(value, str) else json.dumps(value))
 
 
 def _plan_section(record: Provenance) -> str:
     plan = record.plan
     given = plan.given.strip()
-    given_text = f"\n\n```yaml\n{given}\n```" if "\n" in given else f" `{given}`"
+    if "\n" in given:
+        given = "\n".join(_BIDI.sub("", line) for line in given.splitlines())
+        given = given.replace("<", "&lt;").replace(">", "&gt;")  # shown as typed would be nicer; no tag is safer
+        fence = md_fence(given)
+        given_text = f"\n\n{fence}yaml\n{given}\n{fence}"
+    else:
+        given_text = f" {md_code(given, limit=2000)}"
     return f"""## Plan
 
 - as given:{given_text}
-- canonical: `{plan.canonical}`
-- executed (source layer indices, in order): `{plan.executed}`
+- canonical: {md_code(plan.canonical, limit=2000)}
+- executed (source layer indices, in order): {md_code(plan.executed, limit=2000)}
 """
 
 
@@ -208,9 +265,9 @@ def render_model_card(
     layout = (
         "a `SurgeryConfig`/`surgery` wrapper around the source architecture (modeling files included here)"
         if custom_class
-        else f"the source architecture (`{output['architecture']}`)"
+        else f"the source architecture ({md_code(output['architecture'])})"
     )
-    revision = f" (revision `{source['revision']}`)" if source.get("revision") else ""
+    revision = f" (revision {md_code(source['revision'])})" if source.get("revision") else ""
     if finetune:
         changed = "Layers were dropped, reordered, repeated or run in parallel, then the weights were fine-tuned."
     else:
@@ -218,23 +275,23 @@ def render_model_card(
             "No weights were trained or changed: layers were only dropped, reordered, repeated or run in "
             "parallel. Expect lower quality than the source model, most of all on math and reasoning."
         )
-    weights = ", ".join(output.get("tensor_dtypes") or [])
+    weights = md_text(", ".join(map(str, output.get("tensor_dtypes") or [])))
     if output.get("total_bytes"):
         weights += f" ({format_bytes(int(output['total_bytes']))})"
     measured = "\n".join(extras.sections) or "No benchmark or latency results are recorded for this checkpoint.\n"
     body = f"""
-# {name}
+# {md_text(name)}
 
-Layer surgery of {_origin(source)}{revision} with the plan `{plan.canonical}`, made with
-[surgery]({PROJECT_URL}) {record.surgery_version}, after *Transformer Layers as Painters*
+Layer surgery of {_origin(source)}{revision} with the plan {md_code(plan.canonical, limit=2000)}, made with
+[surgery]({PROJECT_URL}) {md_text(record.surgery_version)}, after *Transformer Layers as Painters*
 (Sun, Pickett, Nain, Jones, 2024). {changed}
 
 | | |
 |---|---|
-| source layers | {source["num_layers"]} |
-| executed layer instances | {output["executed_layers"]} |
-| stored layers | {output["stored_layers"]} |
-| executed sequence | `{plan.executed}` |
+| source layers | {md_text(source["num_layers"])} |
+| executed layer instances | {md_text(output["executed_layers"])} |
+| stored layers | {md_text(output["stored_layers"])} |
+| executed sequence | {md_code(plan.executed, limit=2000)} |
 | layout | {layout} |
 | weights | {weights or "-"} |
 
@@ -257,7 +314,7 @@ Provenance (plan as given and resolved, source, package version, every later sta
 
 def front_matter_yaml(front: dict[str, Any]) -> str:
     """The YAML block between the ``---`` lines, as ``huggingface_hub.ModelCardData.to_yaml`` writes it."""
-    return yaml.dump(front, sort_keys=False, allow_unicode=True).strip()
+    return yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip()  # plain types only, no tags
 
 
 def write_model_card(

@@ -295,7 +295,7 @@ class FakeApi:
         self.calls: list[tuple[str, dict]] = []
         self.fail = fail or {}
         self.other_types = other_types
-        self.uploaded: list[dict[str, bytes]] = []  # README.md / surgery.json as each upload_folder call saw them
+        self.uploaded: list[dict[str, bytes]] = []  # README.md / surgery.json as each create_commit call sent them
 
     def _call(self, name: str, **kwargs):
         self.calls.append((name, kwargs))
@@ -316,12 +316,15 @@ class FakeApi:
     def create_branch(self, repo_id, **kwargs):
         self._call("create_branch", repo_id=repo_id, **kwargs)
 
-    def upload_folder(self, **kwargs):
-        folder = Path(kwargs["folder_path"])
-        self.uploaded.append(
-            {n: (folder / n).read_bytes() for n in ("README.md", "surgery.json") if (folder / n).exists()}
-        )
-        self._call("upload_folder", **kwargs)
+    def create_commit(self, **kwargs):
+        operations = kwargs.pop("operations")
+        contents = {}
+        for op in operations:
+            if op.path_in_repo in ("README.md", "surgery.json"):
+                with op.as_file() as handle:
+                    contents[op.path_in_repo] = handle.read()
+        self.uploaded.append(contents)
+        self._call("create_commit", paths=[op.path_in_repo for op in operations], **kwargs)
         return SimpleNamespace(commit_url=f"https://hub.test/{kwargs['repo_id']}/commit/abc")
 
     def names(self) -> list[str]:
@@ -365,11 +368,13 @@ def test_push_uploads_through_huggingface_hub_and_records_the_stage(skip, fake, 
     variant = eval_json(tmp_path / "variant.json", VARIANT, executed=6)
     result = invoke("push", skip, REPO, "--private", "--eval", variant, "--commit-message", "first")
     assert result.exit_code == 0, result.stderr
-    assert fake.names() == ["create_repo", "repo_info", "upload_folder"]
+    assert fake.names() == ["create_repo", "repo_info", "create_commit"]
     assert fake.calls[0][1] == {"repo_id": REPO, "repo_type": "model", "private": True, "exist_ok": True}
     upload = fake.calls[2][1]
-    assert Path(upload["folder_path"]) == skip.resolve() and upload["commit_message"] == "first"
-    assert "*.safetensors" in upload["allow_patterns"] and "*/*" in upload["ignore_patterns"]
+    assert upload["commit_message"] == "first" and upload["repo_type"] == "model"
+    shards = sorted(p.name for p in skip.glob("*.safetensors"))
+    index_and_configs = {"model.safetensors.index.json", "config.json", "generation_config.json"}
+    assert set(upload["paths"]) == {*shards, *index_and_configs, "README.md", "surgery.json"}
     record = json.loads(fake.uploaded[0]["surgery.json"])
     (stage,) = [s for s in record["history"] if s["stage"] == "push"]
     assert stage["details"]["repo_id"] == REPO and stage["details"]["eval"] == [
@@ -401,11 +406,11 @@ def _http_error(cls, status: int, text: str = "denied"):
             (),
             "not authorized: the Hub rejected the token in HF_TOKEN",
         ),
-        ({"upload_folder": [_http_error(HfHubHTTPError, 403)]}, (), "not authorized to write to me/tiny-skip (403)"),
+        ({"create_commit": [_http_error(HfHubHTTPError, 403)]}, (), "not authorized to write to me/tiny-skip (403)"),
         ({"repo_info": [_http_error(RepositoryNotFoundError, 404)]}, ("dataset",), "exists on the Hub as a dataset"),
         ({"repo_info": [_http_error(RepositoryNotFoundError, 404)]}, (), "repository me/tiny-skip not found"),
         ({"create_repo": [requests.ConnectionError("Max retries exceeded")]}, (), "cannot reach the Hub at"),
-        ({"upload_folder": [RuntimeError("Error while uploading")]}, (), None),  # a bug is not disguised
+        ({"create_commit": [RuntimeError("Error while uploading")]}, (), None),  # a bug is not disguised
     ],
 )
 def test_hub_failures_are_one_line_and_leave_the_local_files_as_they_were(skip, fake, fail, other_types, fragment):
@@ -432,13 +437,13 @@ def test_offline_is_refused_before_any_network_call(skip, fake, monkeypatch):
 
 
 def test_an_interrupted_push_reruns_to_the_same_bytes_and_one_push_stage(skip, fake):
-    fake.fail = {"upload_folder": [requests.ConnectionError("connection reset")]}
+    fake.fail = {"create_commit": [requests.ConnectionError("connection reset")]}
     assert "cannot reach the Hub" in error_line(invoke("push", skip, REPO))
     assert "push" not in (skip / "surgery.json").read_text()  # restored: no claim of a push that failed
     assert invoke("push", skip, REPO).exit_code == 0
     assert invoke("push", skip, REPO).exit_code == 0  # a rerun after success
-    uploads = [kwargs for name, kwargs in fake.calls if name == "upload_folder"]
-    assert len(uploads) == 3 and all(u == uploads[0] for u in uploads)  # same folder, same patterns
+    uploads = [kwargs for name, kwargs in fake.calls if name == "create_commit"]
+    assert len(uploads) == 3 and all(u == uploads[0] for u in uploads)  # the same files, the same commit
     assert fake.uploaded[1] == fake.uploaded[2]  # identical README.md and surgery.json: nothing new to commit
     stages = [s["stage"] for s in json.loads((skip / "surgery.json").read_text())["history"]]
     assert stages == ["apply", "push"]
@@ -465,9 +470,9 @@ def test_include_onnx_uploads_the_export_first_and_describes_its_parity(skip, fa
     assert "max |Δlogits| 2.5e-06 (tolerance 0.001); 32 greedily generated tokens identical" in dry.output
     assert 'ORTModelForCausalLM.from_pretrained("me/tiny-skip", subfolder="onnx")' in dry.output
     assert invoke("push", skip, REPO, "--include-onnx", onnx).exit_code == 0
-    first, second = [kwargs for name, kwargs in fake.calls if name == "upload_folder"]
-    assert first["path_in_repo"] == "onnx" and Path(first["folder_path"]) == onnx.resolve()
-    assert Path(second["folder_path"]) == skip.resolve()
+    first, second = [kwargs for name, kwargs in fake.calls if name == "create_commit"]
+    assert sorted(first["paths"]) == ["onnx/config.json", "onnx/export.json", "onnx/model.onnx", "onnx/surgery.json"]
+    assert not any(path.startswith("onnx/") for path in second["paths"]) and "README.md" in second["paths"]
     other = json.loads((onnx / "surgery.json").read_text())
     other["plan"]["canonical"] = "skip:5"
     (onnx / "surgery.json").write_text(json.dumps(other))
@@ -483,7 +488,7 @@ def test_both_commands_are_listed_by_help():
 
 
 class LocalHub:
-    """The Hub endpoints `create_repo`, `repo_info` and `upload_folder` use, in memory: repos with a file tree
+    """The Hub endpoints `create_repo`, `repo_info` and `create_commit` use, in memory: repos with a file tree
     (path -> git blob sha1, or sha256 for LFS files), an LFS object store, and failures to inject."""
 
     def __init__(self):

@@ -11,6 +11,7 @@ still loads, anything else fails at once, and the command's own error line says 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -19,6 +20,22 @@ from urllib.parse import urlsplit
 CONNECT_TIMEOUT_S = 3.0
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 _state: dict[str, bool] = {}
+_URL = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s/?#'\"<>]*@)?(?P<rest>[^\s'\"<>]*)")
+_QUERY_VALUE = re.compile(r"(?P<key>[?&;][^=&;#\s]*=)[^&;#\s]*")
+_TOKEN = re.compile(r"\b(?P<prefix>hf_|api_org_)[A-Za-z0-9]{8,}|(?P<bearer>Bearer\s+)[^\s'\"]+")
+
+
+def redact_url_secrets(text: str) -> str:
+    """``text`` with every URL's user name and password, every query value, and any Hub token
+    (``hf_...``, ``Bearer ...``) replaced by ``***``: for any message that shows an endpoint or a URL
+    (``HF_ENDPOINT=http://user:password@host`` must never be echoed)."""
+
+    def url(match: re.Match) -> str:
+        userinfo = "***@" if match["userinfo"] else ""
+        return match["scheme"] + userinfo + _QUERY_VALUE.sub(lambda m: m["key"] + "***", match["rest"])
+
+    text = _URL.sub(url, str(text))
+    return _TOKEN.sub(lambda m: (m["prefix"] or m["bearer"]) + "***", text)
 
 
 def is_offline() -> bool:

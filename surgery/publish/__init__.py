@@ -2,6 +2,7 @@
 
 ``config`` (settings), ``measurements`` (eval / bench files, validated and checked against the checkpoint),
 ``results`` (their card sections and ``model-index``), ``checkpoint`` (what is published and which files),
-``render`` (``surgery card``), ``push`` (``surgery push``), ``cli`` (both commands). The card itself is
+``files`` (reading a folder for upload without leaving it), ``render`` (``surgery card``), ``push``
+(``surgery push``), ``cli`` (both commands). The card itself is
 rendered by :mod:`surgery.card`.
 """

@@ -141,6 +141,7 @@ def push(
         dry_run=dry_run,
         token_env=token_env,
     )
+    from surgery.card import plain_line
     from surgery.fileio import format_bytes, format_table
     from surgery.publish.push import push_checkpoint
 
@@ -153,10 +154,10 @@ def push(
         visibility = "private" if private else "public"
         click.echo(f"repo:     {repo_id} (model, revision {revision}; created {visibility} if it does not exist)")
         click.echo(f"files:    {len(plan.files)}, {format_bytes(plan.total_bytes)} in all")
-        rows = [[name, format_bytes(size)] for name, size in plan.files]
+        rows = [[plain_line(name), format_bytes(size)] for name, size in plan.files]  # no terminal escapes
         click.echo("\n".join("  " + line for line in format_table(["path", "size"], rows).splitlines()))
         if plan.left_out:
-            click.echo(f"left out: {', '.join(plan.left_out)}")
+            click.echo(f"left out: {', '.join(plain_line(name) for name in plan.left_out)}")
         click.echo("card (README.md):\n")
         click.echo(plan.card.text)
         click.echo("dry run: nothing was uploaded and no file was changed")

@@ -2,19 +2,29 @@
 
 Each file is validated at the edge (pydantic; one error line naming the option and the file), checked against
 the checkpoint it is meant to describe (an eval of another model is refused, not shown), trimmed to what the
-card uses (no local paths) and kept in ``surgery.json`` under ``measurements``, so a card re-rendered later, or
-pushed without the options, still shows them. Options given again replace what was kept.
+card uses (no local paths; of a bench file's ``machine`` only :data:`MACHINE_KEYS`) and kept in ``surgery.json``
+under ``measurements``, so a card re-rendered later, or pushed without the options, still shows them. Options
+given again replace what was kept.
+
+A number that is not finite (``NaN``, ``Infinity``, ``1e999``) is not a measurement: a file holding one where
+the card would show it is refused. A kept kind that no longer validates (a ``surgery.json`` written before this
+check, or edited by hand) is left off the card with a ``warning:`` line saying which option gives it again,
+instead of failing every later ``card`` and ``push``: the card stays publishable and claims nothing unchecked.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import statistics
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from surgery.bench.schema import BenchPayload
+from surgery.card import plain_line
 from surgery.config import validation_message
 from surgery.errors import SurgeryError
 from surgery.fileio import sha256_file
@@ -36,10 +46,60 @@ CONFIG_KEYS = (
     "transformers_version",
 )
 DATA_KEYS = ("source", "dataset", "standin", "note")
+# What a card may say about the machine a bench ran on (never user names, paths or arbitrary keys).
+MACHINE_KEYS = ("cpu", "cores", "threads", "device", "gpu", "python", "versions", "surgery_version")
+SAFE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")  # a setting's or a package's name
+SAFE_VALUE = re.compile(r"[^/\\~]{0,200}")  # a value that names no path
+Count = Annotated[int, Field(ge=0, le=10**12)]
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond any float
+        return False
+
+
+def non_finite(value: Any, where: str = "") -> str | None:
+    """The first place (``results.arc_easy.acc,none``) in ``value`` holding a number that is not finite."""
+    if _is_number(value) and not _finite(value):
+        return where or "(top level)"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = non_finite(item, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
+def not_text(value: Any, where: str = "") -> str | None:
+    """The first place in ``value`` (a key or a string) that is not valid Unicode text: a lone surrogate, which
+    JSON's ``\\ud800`` escapes can produce and no UTF-8 file (surgery.json, the card) can hold."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "(top level)"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        place = f"{where}.{key}" if where else str(key)
+        if isinstance(key, str) and not_text(key) is not None:
+            return place
+        found = not_text(item, place)
+        if found:
+            return found
+    return None
+
+
+def _plain_scalar(value: Any) -> bool:
+    if value is None or isinstance(value, bool) or _is_number(value):
+        return True
+    return isinstance(value, str) and SAFE_VALUE.fullmatch(value) is not None
 
 
 def public_name(text: str) -> str:
@@ -63,6 +123,30 @@ class Metric(BaseModel):
         return metric if filt in ("", "none") else f"{metric} ({filt})"
 
 
+class NormalizedTask(BaseModel):
+    """One task of an eval file's ``normalized`` block: the metric it is computed on and its value."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    metric: str | None = None
+    normalized: float | None = None
+
+
+class NormalizedBlock(BaseModel):
+    """An eval file's own ``normalized`` block (``surgery eval --baseline``), trimmed to what the card shows."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    tasks: dict[str, NormalizedTask] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+    baseline: str | None = None
+
+    @field_validator("baseline")
+    @classmethod
+    def _public_baseline(cls, value: str | None) -> str | None:
+        return None if value is None else public_name(value)
+
+
 class EvalRun(BaseModel):
     """One ``surgery eval --output`` file (or lm-eval's own results JSON), trimmed to what a card uses."""
 
@@ -71,10 +155,10 @@ class EvalRun(BaseModel):
     file: str
     sha256: str
     results: dict[str, dict[str, float | None]]
-    n_samples: dict[str, dict[str, int]] = Field(default_factory=dict, alias="n-samples")
+    n_samples: dict[str, dict[str, Count]] = Field(default_factory=dict, alias="n-samples")
     config: dict[str, Any] = Field(default_factory=dict)
     chance: dict[str, dict[str, float | None]] = Field(default_factory=dict)
-    normalized: dict[str, Any] | None = None
+    normalized: NormalizedBlock | None = None
 
     @field_validator("results", mode="before")
     @classmethod
@@ -86,6 +170,8 @@ class EvalRun(BaseModel):
             if not isinstance(metrics, dict):
                 raise ValueError(f"{task}: must be an object {{metric: value}}")
             kept = {k: v for k, v in metrics.items() if k not in NOT_METRICS and (v is None or _is_number(v))}
+            if found := non_finite(kept):
+                raise ValueError(f"{task}.{found}: {kept[found]!r} is not a finite number, so not a measurement")
             if not any(_is_number(v) and "_stderr" not in k for k, v in kept.items()):
                 raise ValueError(f"{task}: no numeric metric")
             trimmed[task] = kept
@@ -143,11 +229,28 @@ class BenchRun(BenchPayload):
         return {
             key: value
             for key, value in settings.items()
-            if value is None
-            or _is_number(value)
-            or isinstance(value, bool)
-            or (isinstance(value, str) and "/" not in value)
+            if isinstance(key, str) and SAFE_KEY.fullmatch(key) and _plain_scalar(value)
         }
+
+    @field_validator("machine", mode="before")
+    @classmethod
+    def _public_machine(cls, machine: Any) -> Any:
+        """Only :data:`MACHINE_KEYS`, plain values; ``versions`` as package names and version strings."""
+        if not isinstance(machine, dict):
+            return machine
+        out: dict[str, Any] = {}
+        for key in MACHINE_KEYS:
+            value = machine.get(key)
+            if key == "versions" and isinstance(value, dict):
+                out[key] = {
+                    name: version
+                    for name, version in value.items()
+                    if isinstance(name, str) and SAFE_KEY.fullmatch(name) and isinstance(version, str)
+                    and SAFE_VALUE.fullmatch(version)
+                }  # fmt: skip
+            elif key in machine and _plain_scalar(value):
+                out[key] = value
+        return out
 
     @model_validator(mode="after")
     def _public_models(self) -> BenchRun:
@@ -186,18 +289,18 @@ class Measurements(BaseModel):
             variant = {"results": self.merged_results(), "chance": chance}
             scores = normalized_scores(variant, self.baseline.model_dump(by_alias=True), chance or None)
             return {**scores, "baseline": self.baseline.file} if scores["tasks"] else None
-        blocks = [run.normalized for run in self.eval if run.normalized and run.normalized.get("tasks")]
+        blocks = [run.normalized for run in self.eval if run.normalized and run.normalized.tasks]
         if not blocks:
             return None
-        tasks = {task: entry for block in blocks for task, entry in block["tasks"].items()}
-        values = [entry["normalized"] for entry in tasks.values() if entry.get("normalized") is not None]
-        baselines = sorted({str(block.get("baseline")) for block in blocks if block.get("baseline")})
+        tasks = {task: entry.model_dump() for block in blocks for task, entry in block.tasks.items()}
+        values = [entry["normalized"] for entry in tasks.values() if entry["normalized"] is not None]
+        baselines = sorted({block.baseline for block in blocks if block.baseline})
         return {
             "tasks": tasks,
             "median": statistics.median(values) if values else None,
             "num_tasks": len(values),
-            "warnings": [warning for block in blocks for warning in block.get("warnings", [])],
-            "baseline": ", ".join(public_name(name) for name in baselines) or None,
+            "warnings": [warning for block in blocks for warning in block.warnings],
+            "baseline": ", ".join(baselines) or None,
         }
 
 
@@ -206,10 +309,21 @@ def _load(model: type[BaseModel], path: Path, option: str) -> Any:
     if not path.is_file():
         raise SurgeryError(f"{option} {path}: no such file")
     data = read_json_object(path, f"{option} file")
+    found = not_text(data)
+    if found:
+        where = found.encode("utf-8", "backslashreplace").decode()
+        raise SurgeryError(f"{option} {path}: {plain_line(where, 200)} is not valid Unicode text (a lone surrogate)")
     try:
-        return model.model_validate({**data, "file": path.name, "sha256": sha256_file(path)})
+        loaded = model.model_validate({**data, "file": path.name, "sha256": sha256_file(path)})
     except ValidationError as exc:
-        raise SurgeryError(f"{option} {path}: {validation_message(exc)}") from None
+        raise SurgeryError(f"{option} {path}: {plain_line(validation_message(exc), 500)}") from None
+    found = non_finite(loaded.model_dump(by_alias=True))
+    if found:
+        raise SurgeryError(
+            f"{option} {path}: {plain_line(found, 200)} is not a finite number (NaN or infinite), so not a "
+            "measurement; nothing was written"
+        )
+    return loaded
 
 
 def load_eval(path: Path, option: str = "--eval") -> EvalRun:
@@ -245,7 +359,9 @@ def check_describes(measurements: Measurements, record: Provenance) -> None:
             )
         for task in run.results:
             if task in seen:
-                raise SurgeryError(f"task {task} is in both --eval {seen[task]} and --eval {run.file}; give it once")
+                raise SurgeryError(
+                    f"task {plain_line(task)} is in both --eval {seen[task]} and --eval {run.file}; give it once"
+                )
             seen[task] = run.file
     baseline = measurements.baseline
     if baseline is None:
@@ -262,8 +378,41 @@ def check_describes(measurements: Measurements, record: Provenance) -> None:
         ours, theirs = measurements.run_of(task).examples(task)[0], baseline.examples(task)[0]
         if ours is not None and theirs is not None and ours != theirs:
             raise SurgeryError(
-                f"task {task}: --eval evaluated {ours} examples, --baseline {theirs}; rerun both with the same --limit"
+                f"task {plain_line(task)}: --eval evaluated {ours} examples, --baseline {theirs}; rerun both with "
+                "the same --limit"
             )
+
+
+KIND_OPTIONS = {"eval": "--eval", "baseline": "--baseline", "bench": "--bench"}
+
+
+def kept_measurements(stored: dict[str, Any], replaced: set[str]) -> Measurements:
+    """The measurements kept in ``surgery.json``, each kind validated on its own; the kinds in ``replaced`` (given
+    again now) are not read. A kind that does not validate, or holds a number that is not finite, is left out
+    with a ``warning:`` line naming the option that gives it again (the baseline goes with the eval results)."""
+    out = Measurements()
+    for kind in ("eval", "baseline", "bench"):
+        if kind in replaced or stored.get(kind) in (None, []):
+            continue
+        problem = None
+        if kind == "baseline" and not out.eval:
+            problem = "no eval results are shown beside it"
+        else:
+            try:
+                value = Measurements.model_validate({kind: stored[kind]})
+                found = non_finite(value.model_dump(by_alias=True))
+                problem = f"{found}: not a finite number" if found else None
+            except ValidationError as exc:
+                problem = validation_message(exc)
+        if problem:
+            print(
+                f"warning: the {kind} results kept in surgery.json are left off the card "
+                f"({plain_line(problem, 200)}); give {KIND_OPTIONS[kind]} again to show them",
+                file=sys.stderr,
+            )
+            continue
+        setattr(out, kind, getattr(value, kind))
+    return out
 
 
 def resolve_measurements(
@@ -274,11 +423,10 @@ def resolve_measurements(
     ``--eval`` replaces the kept eval files and baseline, ``--baseline`` the kept baseline, ``--bench`` the kept
     bench file; kinds not given stay as kept.
     """
-    try:
-        kept = Measurements.model_validate(record.measurements or {})
-    except ValidationError as exc:
-        raise SurgeryError(f"invalid measurements in surgery.json: {validation_message(exc)}") from None
-    measurements = kept.model_copy()
+    replaced = {"eval", "baseline"} if eval_files else set()
+    replaced |= {"baseline"} if baseline is not None else set()
+    replaced |= {"bench"} if bench is not None else set()
+    measurements = kept_measurements(record.measurements or {}, replaced)
     if eval_files:
         measurements.eval = [load_eval(path) for path in eval_files]
         measurements.baseline = None

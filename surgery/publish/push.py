@@ -1,10 +1,14 @@
 """``surgery push``: upload a checkpoint (and optionally its ONNX export) to the Hub with a re-rendered card.
 
 Through ``huggingface_hub`` only: ``create_repo(exist_ok=True)``, ``create_branch`` for a revision other than
-``main``, and ``upload_folder`` with allow/ignore patterns (one commit for the checkpoint, one before it for
-``onnx/``). :func:`make_api` is the one place an ``HfApi`` is built (tests replace it).
+``main``, and ``create_commit`` (one commit for the checkpoint, one before it for ``onnx/``) with one
+``CommitOperationAdd`` per file ``upload_folder``'s filter selects. The files are not handed over by name: each
+is checked and opened by :mod:`surgery.publish.files` before any network call (nothing outside the folder's real
+directory, no FIFO or device) and the upload reads that open file, so what is sent is what was checked.
+README.md and surgery.json are sent as the bytes rendered here (the same bytes are written locally).
+:func:`make_api` is the one place an ``HfApi`` is built (tests replace it).
 
-**Reruns.** ``upload_folder`` hashes every file and asks the Hub (``preupload``) which paths already hold the
+**Reruns.** ``create_commit`` hashes every file and asks the Hub (``preupload``) which paths already hold the
 same content: those are dropped from the commit, and a commit with nothing left is skipped. Weights go to LFS
 storage before the commit; a storage batch request for content the Hub already holds gets no upload action,
 so an interrupted push resent runs only what is missing and then commits. The card and ``surgery.json`` are
@@ -16,26 +20,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from surgery import __version__
 from surgery.card import last_stage
 from surgery.errors import SurgeryError
 from surgery.fileio import atomic_write_text
+from surgery.io.hub import redact_url_secrets
 from surgery.provenance import PROVENANCE_FILE, Provenance
-from surgery.publish.checkpoint import (
-    CHECKPOINT_IGNORE,
-    CHECKPOINT_PATTERNS,
-    ONNX_IGNORE,
-    Checkpoint,
-    checkpoint_files,
-    read_checkpoint,
-    read_onnx_export,
-)
+from surgery.publish.checkpoint import Checkpoint, checkpoint_dir, checkpoint_files, read_checkpoint, read_onnx_export
 from surgery.publish.config import PushConfig
+from surgery.publish.files import open_inside, upload_source
 from surgery.publish.render import RenderedCard, render_card
 
 DEFAULT_REVISION = "main"
@@ -53,6 +51,9 @@ class PushPlan:
     files: list[tuple[str, int]]  # (path in the repo, size in bytes), in upload order
     left_out: list[str]  # files in the checkpoint directory that are not uploaded
     onnx_dir: Path | None = None
+    onnx_names: list[str] = field(default_factory=list)  # files of onnx_dir, uploaded under onnx/
+    names: list[str] = field(default_factory=list)  # files of the checkpoint directory uploaded
+    generated: dict[str, bytes] = field(default_factory=dict)  # README.md and surgery.json as uploaded
     result: dict[str, Any] = field(default_factory=dict)  # after a real push: commit_url, ...
 
     @property
@@ -73,9 +74,10 @@ def make_api(token: str, endpoint: str | None = None):
 
 
 def endpoint() -> str:
+    """The Hub endpoint, fit for a message: user names, passwords and query values are redacted."""
     from huggingface_hub import constants
 
-    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    return redact_url_secrets(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
 
 
 def _push_details(config: PushConfig, card: RenderedCard, files: list[str], onnx: bool) -> dict[str, Any]:
@@ -96,28 +98,31 @@ def _push_details(config: PushConfig, card: RenderedCard, files: list[str], onnx
 
 
 def plan_push(config: PushConfig) -> PushPlan:
-    """Check everything and render what would be uploaded; no network, no file written."""
-    checkpoint = read_checkpoint(config.checkpoint)
+    """Check everything and render what would be uploaded; no network, no file written.
+
+    Every file selected for upload is checked (:mod:`surgery.publish.files`) before anything in the folders is
+    read, so a symlink out of them, a FIFO or a device stops the push here, dry run or not.
+    """
+    root = checkpoint_dir(config.checkpoint)
+    sizes = checkpoint_files(root)
+    checkpoint = read_checkpoint(root)
+    if not any(name.endswith(".safetensors") for name in sizes):
+        raise SurgeryError(f"{root}: no *.safetensors weights to upload")
     onnx = read_onnx_export(config.include_onnx, checkpoint) if config.include_onnx is not None else None
     card = render_card(checkpoint, config, name=config.repo_id, onnx=onnx)
-    names = sorted({*checkpoint_files(checkpoint), "README.md", PROVENANCE_FILE})  # both written before upload
-    onnx_names = [f"onnx/{name}" for name in onnx.files] if onnx else []
+    names = sorted({*sizes, "README.md", PROVENANCE_FILE})  # both written before upload
+    onnx_names = onnx.files if onnx else []
     record = card.record.model_copy(deep=True)
-    details = _push_details(config, card, onnx_names + names, onnx is not None)
+    details = _push_details(config, card, [f"onnx/{name}" for name in onnx_names] + names, onnx is not None)
     previous = last_stage(record, "push")
     if not (record.history and record.history[-1] is previous and previous.details == details):
         record.add_stage("push", **details)
     generated = {"README.md": card.text.encode(), PROVENANCE_FILE: record.to_json().encode()}
-
-    def size(root: Path, name: str) -> int:
-        return len(generated[name]) if root == checkpoint.path and name in generated else (root / name).stat().st_size
-
-    onnx_dir = Path(config.include_onnx).expanduser().resolve() if onnx else None
-    files = [(f"onnx/{name}", size(onnx_dir, name)) for name in onnx.files] if onnx else []
-    files += [(name, size(checkpoint.path, name)) for name in names]
-    present = sorted(p.name for p in checkpoint.path.iterdir())
-    left_out = [name for name in present if name not in names]
-    return PushPlan(config, checkpoint, card, record, files, left_out, onnx_dir)
+    files = [(f"onnx/{name}", onnx.sizes[name]) for name in onnx_names] if onnx else []
+    files += [(name, len(generated[name]) if name in generated else sizes[name]) for name in names]
+    left_out = [path.name for path in sorted(root.iterdir()) if path.name not in names]
+    onnx_dir = onnx.root if onnx else None
+    return PushPlan(config, checkpoint, card, record, files, left_out, onnx_dir, onnx_names, names, generated)
 
 
 def _token(variable: str) -> str:
@@ -179,7 +184,7 @@ def _hub_errors(config: PushConfig) -> Iterator[None]:
         error = _hub_error(exc, config)
         if error is None:
             raise
-        raise error from exc
+        raise SurgeryError(redact_url_secrets(str(error))) from exc
 
 
 def _check_is_model(api, repo_id: str) -> None:
@@ -195,6 +200,40 @@ def _check_is_model(api, repo_id: str) -> None:
                     f"{repo_id} exists on the Hub as a {other} repository, not a model: choose another name"
                 ) from None
         raise
+
+
+def _open_all(stack: ExitStack, plan: PushPlan) -> dict[str, str | bytes | BinaryIO]:
+    """What each repo path is read from: every file of both folders opened and checked now, before any network
+    call (a file swapped since the plan stops the push before anything is sent), README.md and surgery.json as
+    the bytes rendered."""
+    sources: dict[str, str | bytes | BinaryIO] = {}
+    if plan.onnx_dir is not None:
+        for name in plan.onnx_names:
+            handle = stack.enter_context(open_inside(plan.onnx_dir, name, f"--include-onnx {plan.onnx_dir}"))
+            sources[f"onnx/{name}"] = upload_source(handle)
+    for name in plan.names:
+        if name in plan.generated:
+            sources[name] = plan.generated[name]
+        else:
+            handle = stack.enter_context(open_inside(plan.checkpoint.path, name, f"checkpoint {plan.checkpoint.path}"))
+            sources[name] = upload_source(handle)
+    return sources
+
+
+def _commit(api, config: PushConfig, sources: dict[str, str | bytes | BinaryIO], paths: list[str], message: str):
+    """One commit of ``paths`` (repo paths), each read from its checked source."""
+    from huggingface_hub import CommitOperationAdd
+
+    operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=sources[path]) for path in paths]
+    if "README.md" in paths and hasattr(api, "_validate_yaml"):  # as upload_folder does, before hashing
+        api._validate_yaml(content=sources["README.md"].decode(), repo_type="model")
+    return api.create_commit(
+        repo_id=config.repo_id,
+        repo_type="model",
+        operations=operations,
+        commit_message=message,
+        revision=config.revision,
+    )
 
 
 @contextmanager
@@ -229,7 +268,8 @@ def push_checkpoint(config: PushConfig, *, log: Callable[[str], None] = print) -
     message = config.commit_message or (
         f"Upload {config.repo_id}: {plan.checkpoint.record.plan.canonical} (surgery {__version__})"
     )
-    with _hub_errors(config):
+    with _hub_errors(config), ExitStack() as stack:
+        sources = _open_all(stack, plan)
         repo_url = api.create_repo(config.repo_id, repo_type="model", private=config.private, exist_ok=True)
         _check_is_model(api, config.repo_id)
         if config.revision != DEFAULT_REVISION:
@@ -237,22 +277,13 @@ def push_checkpoint(config: PushConfig, *, log: Callable[[str], None] = print) -
         with _local_card(plan):
             if plan.onnx_dir is not None:
                 log(f"uploading {plan.onnx_dir} -> {config.repo_id}/onnx")
-                api.upload_folder(
-                    repo_id=config.repo_id,
-                    folder_path=plan.onnx_dir,
-                    path_in_repo="onnx",
-                    ignore_patterns=list(ONNX_IGNORE),
-                    revision=config.revision,
-                    commit_message=f"{message} (ONNX export)",
-                )
+                onnx_paths = [f"onnx/{name}" for name in plan.onnx_names]
+                _commit(api, config, sources, onnx_paths, f"{message} (ONNX export)")
             log(f"uploading {plan.checkpoint.path} -> {config.repo_id}")
-            commit = api.upload_folder(
-                repo_id=config.repo_id,
-                folder_path=plan.checkpoint.path,
-                allow_patterns=list(CHECKPOINT_PATTERNS),
-                ignore_patterns=list(CHECKPOINT_IGNORE),
-                revision=config.revision,
-                commit_message=message,
-            )
-    plan.result = {"repo_url": str(repo_url), "commit_url": getattr(commit, "commit_url", None)}
+            commit = _commit(api, config, sources, plan.names, message)
+    commit_url = getattr(commit, "commit_url", None)
+    plan.result = {
+        "repo_url": redact_url_secrets(str(repo_url)),
+        "commit_url": None if commit_url is None else redact_url_secrets(str(commit_url)),
+    }
     return plan

@@ -9,10 +9,15 @@ except the normalized median, computed by :func:`surgery.evaluation.normalize.no
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from surgery.bench.schema import BenchResult
-from surgery.card import CardExtras
+from surgery.card import CardExtras, md_code, md_text, meta_text, py_string
+from surgery.config import validation_message
+from surgery.errors import SurgeryError
 from surgery.publish.measurements import BenchRun, EvalRun, Measurements
 
 # lm-eval task -> (dataset name on the card, dataset config, split) of the Hub dataset the stock task loads
@@ -24,15 +29,61 @@ TASK_DATASETS = {
     "winogrande": ("WinoGrande", "winogrande_xl", "validation"),
     "gsm8k": ("GSM8K", "main", "test"),
 }
-ORT_CLASSES = {"feature-extraction": "ORTModelForFeatureExtraction"}  # else ORTModelForCausalLM
+ORT_CLASSES = {
+    "feature-extraction": "ORTModelForFeatureExtraction",
+    "text-classification": "ORTModelForSequenceClassification",
+}  # else ORTModelForCausalLM
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class ExportParity(BaseModel):
+    """``export.json``'s ``parity``: what the card may claim about the check made at export."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    max_abs_diff: Finite | None = None
+    tolerance: Finite | None = None
+    generation_checked: bool = False
+    generated_tokens: Annotated[int, Field(ge=0)] | None = None
+    generation_equal: bool | None = None
+    passed: bool | None = None
+
+
+class ExportRecord(BaseModel):
+    """The part of ``export.json`` (``surgery export onnx``) a card shows, validated: a known task, numbers."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    task: (
+        Literal["text-generation-with-past", "text-generation", "text-classification", "feature-extraction"] | None
+    ) = None
+    parity: ExportParity = Field(default_factory=ExportParity)
 
 
 @dataclass
 class OnnxExport:
-    """An ONNX export uploaded under ``onnx/``: its files and what its ``export.json`` recorded (parity...)."""
+    """An ONNX export uploaded under ``onnx/``: its real folder, files with sizes, and its checked record."""
 
-    files: list[str]
-    record: dict[str, Any]
+    root: Path
+    sizes: dict[str, int]
+    record: ExportRecord
+    verified_by: str = "its records match"  # how it is known to be an export of this checkpoint
+
+    @property
+    def files(self) -> list[str]:
+        return list(self.sizes)
+
+
+def load_onnx_export(root: Path, sizes: dict[str, int], data: dict[str, Any], verified_by: str) -> OnnxExport:
+    """The export in ``root`` with what its ``export.json`` (``data``; empty: none) claims validated for the card
+    (no ``export.json``: nothing is claimed about parity)."""
+    try:
+        record = ExportRecord.model_validate(data)
+    except ValidationError as exc:
+        raise SurgeryError(f"--include-onnx {root}: export.json: {validation_message(exc)}") from None
+    if record.parity.passed is False:
+        raise SurgeryError(f"--include-onnx {root}: its export.json records a failed parity check")
+    return OnnxExport(root, sizes, record, verified_by)
 
 
 def fmt(value: float | None) -> str:
@@ -47,7 +98,7 @@ def _examples(run: EvalRun, task: str) -> str:
     effective, original = run.examples(task)
     if effective is None:
         return "-"
-    return str(effective) if original in (None, effective) else f"{effective} of {original}"
+    return str(effective) if original in (None, effective) else f"{effective} of {original}"  # ints (pydantic)
 
 
 def eval_results(measurements: Measurements) -> list[Any]:
@@ -65,7 +116,7 @@ def eval_results(measurements: Measurements) -> list[Any]:
         for task in run.results:
             if run.standin(task):
                 continue
-            pretty, config, split = TASK_DATASETS.get(task, (task, None, None))
+            pretty, config, split = TASK_DATASETS.get(task, (meta_text(task), None, None))
             benchmark = BENCHMARK_OF_TASK.get(task)
             effective, original = run.examples(task)
             subset = f" ({effective} of {original} examples)" if effective and original and effective < original else ""
@@ -74,12 +125,12 @@ def eval_results(measurements: Measurements) -> list[Any]:
                     EvalResult(
                         task_type="text-generation",
                         task_name="Text Generation",
-                        dataset_type=benchmark.hub_dataset if benchmark else task,
+                        dataset_type=benchmark.hub_dataset if benchmark else meta_text(task),
                         dataset_name=pretty + subset,
                         dataset_config=config,
                         dataset_split=split,
-                        metric_type=metric.key.partition(",")[0],
-                        metric_name=metric.name,
+                        metric_type=meta_text(metric.key.partition(",")[0]),
+                        metric_name=meta_text(metric.name),
                         metric_value=metric.value,
                     )
                 )
@@ -98,9 +149,9 @@ def eval_section(measurements: Measurements) -> str:
     rows = []
     for run in measurements.eval:
         for task in run.results:
-            label = f"{task} (STAND-IN)" if run.standin(task) else task
+            label = f"{md_text(task)} (STAND-IN)" if run.standin(task) else md_text(task)
             for index, metric in enumerate(run.metrics(task)):
-                row = [label if index == 0 else "", metric.name, _with_stderr(metric.value, metric.stderr)]
+                row = [label if index == 0 else "", md_text(metric.name), _with_stderr(metric.value, metric.stderr)]
                 if baseline:
                     base = {m.key: m for m in baseline.metrics(task)} if task in baseline.results else {}
                     row.append(
@@ -115,16 +166,17 @@ def eval_section(measurements: Measurements) -> str:
     table += "\n".join("| " + " | ".join(row) + " |" for row in rows)
     text = f"## Results\n\n{table}\n"
     if normalized.get("median") is not None:
-        against = f" (base model: `{normalized['baseline']}`)" if normalized.get("baseline") else ""
+        against = f" (base model: {md_code(normalized['baseline'])})" if normalized.get("baseline") else ""
         text += (
             f"\n**Median normalized score: {fmt(normalized['median'])}** over {normalized['num_tasks']} "
             f"task(s){against}. "
             "Per task, (this model − chance) / (base model − chance) on its primary metric: 0 is random guessing, "
             "1 is the base model (the paper's Llama protocol).\n"
         )
-    notes = [f"- {warning}" for warning in normalized.get("warnings", [])]
+    notes = [f"- {md_text(warning)}" for warning in normalized.get("warnings", [])]
     for run in measurements.eval:
-        notes += [f"- {task}: {info['note']}" for task, info in run.config.get("data", {}).items() if info.get("note")]
+        data = run.config.get("data", {})
+        notes += [f"- {md_text(task)}: {md_text(info['note'])}" for task, info in data.items() if info.get("note")]
     text += "\n" + "\n".join(_provenance_line(run, "this model") for run in measurements.eval)
     if baseline:
         text += "\n" + _provenance_line(baseline, "base model")
@@ -135,14 +187,17 @@ def eval_section(measurements: Measurements) -> str:
 
 def _provenance_line(run: EvalRun, who: str) -> str:
     config = run.config
-    parts = [f"lm-evaluation-harness {config['lm_eval_version']}" if config.get("lm_eval_version") else "lm-eval"]
+    version = config.get("lm_eval_version")
+    parts = [f"lm-evaluation-harness {md_text(version)}" if version else "lm-eval"]
     if config.get("surgery_version"):
-        parts.append(f"through `surgery eval` {config['surgery_version']}")
-    settings = ", ".join(f"{key} {config[key]}" for key in ("limit", "dtype", "device") if config.get(key) is not None)
-    sources = sorted({str(info.get("source")) for info in config.get("data", {}).values() if info.get("source")})
+        parts.append(f"through `surgery eval` {md_text(config['surgery_version'])}")
+    settings = ", ".join(
+        f"{key} {md_text(config[key])}" for key in ("limit", "dtype", "device") if config.get(key) is not None
+    )
+    sources = sorted({md_text(info.get("source")) for info in config.get("data", {}).values() if info.get("source")})
     data = f"; data: {', '.join(sources)}" if sources else ""
     return (
-        f"- {who}: `{run.file}` (sha256 `{run.sha256[:16]}…`), measured with {' '.join(parts)}"
+        f"- {who}: {md_code(run.file)} (sha256 `{run.sha256[:16]}…`), measured with {' '.join(parts)}"
         f"{f' ({settings})' if settings else ''}{data}."
     )
 
@@ -152,19 +207,20 @@ def _plain(mapping: dict[str, Any]) -> str:
     parts = []
     for key, value in mapping.items():
         if isinstance(value, dict):
-            parts.append(", ".join(f"{name} {version}" for name, version in value.items()))
+            parts.append(", ".join(f"{md_text(name)} {md_text(version)}" for name, version in value.items()))
         elif value is not None and not isinstance(value, list):
-            parts.append(f"{key}: {value}")
+            parts.append(f"{md_text(key)}: {md_text(value)}")
     return ", ".join(part for part in parts if part)
 
 
 def _bench_row(row: BenchResult) -> list[str]:
     if row.prefill_ms is None or row.decode_ms_per_token is None:
-        return [row.model, row.backend, f"not measured ({row.skipped or 'no timings'})", "", "", "", "", ""]
+        skipped = md_text(row.skipped or "no timings")
+        return [md_text(row.model), md_text(row.backend), f"not measured ({skipped})", "", "", "", "", ""]
     prefill = row.prefill_ms
     return [
-        row.model,
-        row.backend,
+        md_text(row.model),
+        md_text(row.backend),
         f"{prefill.median:.2f} ({prefill.min:.2f}–{prefill.max:.2f})",
         f"{row.decode_ms_per_token.median:.2f}",
         "-" if row.tokens_per_s is None else f"{row.tokens_per_s:.1f}",
@@ -192,7 +248,7 @@ def bench_section(bench: BenchRun | None) -> str:
     table += "\n".join("| " + " | ".join(_bench_row(row)) + " |" for row in bench.results)
     settings = f" Settings: {_plain(bench.settings)}." if _plain(bench.settings) else ""
     return (
-        f"## Latency\n\nMeasured with `surgery bench` (`{bench.file}`, sha256 `{bench.sha256[:16]}…`) on "
+        f"## Latency\n\nMeasured with `surgery bench` ({md_code(bench.file)}, sha256 `{bench.sha256[:16]}…`) on "
         f"{_plain(bench.machine) or 'an unrecorded machine'}.{settings} A ratio is a row's median time divided by "
         f"that of the first model measured on the same backend (below 1 is faster); the times hold for that "
         f"machine only.\n\n{table}\n"
@@ -203,17 +259,19 @@ def onnx_section(onnx: OnnxExport | None, name: str) -> str:
     """``## ONNX``: the exported files under ``onnx/``, the parity check recorded at export, how to load."""
     if onnx is None:
         return ""
-    record, parity = onnx.record, onnx.record.get("parity") or {}
+    parity, task = onnx.record.parity, onnx.record.task
     checked = ""
-    if parity.get("max_abs_diff") is not None:
-        checked = f" At export it was checked against the PyTorch model: max |Δlogits| {parity['max_abs_diff']:.3g}"
-        if parity.get("tolerance") is not None:
-            checked += f" (tolerance {parity['tolerance']:.3g})"
-        if parity.get("generation_checked"):
-            same = "identical" if parity.get("generation_equal") else "NOT identical"
-            checked += f"; {parity.get('generated_tokens')} greedily generated tokens {same}"
+    if parity.max_abs_diff is not None:
+        checked = (
+            f" At export it was checked against the PyTorch model of this checkpoint ({onnx.verified_by}): "
+            f"max |Δlogits| {parity.max_abs_diff:.3g}"
+        )
+        if parity.tolerance is not None:
+            checked += f" (tolerance {parity.tolerance:.3g})"
+        if parity.generation_checked:
+            same = "identical" if parity.generation_equal else "NOT identical"
+            checked += f"; {parity.generated_tokens} greedily generated tokens {same}"
         checked += "."
-    task = record.get("task")
     cls = ORT_CLASSES.get(task or "", "ORTModelForCausalLM")
     return f"""## ONNX
 
@@ -222,7 +280,7 @@ optimum-onnx, without custom code:
 
 ```python
 from optimum.onnxruntime import {cls}
-model = {cls}.from_pretrained("{name}", subfolder="onnx")
+model = {cls}.from_pretrained({py_string(name)}, subfolder="onnx")
 ```
 """
 
@@ -237,5 +295,6 @@ def card_extras(measurements: Measurements, *, name: str, onnx: OnnxExport | Non
     if results:
         from huggingface_hub import ModelCardData
 
-        metadata["model-index"] = ModelCardData(model_name=name, eval_results=results).to_dict()["model-index"]
+        model_index = ModelCardData(model_name=meta_text(name), eval_results=results).to_dict()["model-index"]
+        metadata["model-index"] = model_index
     return CardExtras(sections=sections, metadata=metadata, tags=["onnx"] if onnx is not None else [])

@@ -13,6 +13,7 @@ matplotlib's object API on the Agg canvas only (no pyplot), as :mod:`surgery.ana
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,20 @@ SCORE_LABEL = {
     "eval": "normalized (0 = chance, 1 = full)",
     "glue": "GLUE average (unnormalized)",
 }
+
+
+def figure_name(text: Any, taken: set[str] | None = None) -> str:
+    """A file name stem made from data (``sweep.json``'s recipe name, a variant and its parameters): letters,
+    digits, ``._=-`` only, no leading dot, at most 100 characters, so it cannot leave the plots folder; names
+    already in ``taken`` get a ``-2``, ``-3``... suffix (and the result is added to it)."""
+    stem = re.sub(r"[^A-Za-z0-9._=-]+", "_", str(text)).lstrip(".")[:100] or "figure"
+    name, count = stem, 1
+    while taken is not None and name in taken:
+        count += 1
+        name = f"{stem}-{count}"
+    if taken is not None:
+        taken.add(name)
+    return name
 
 
 def _figure(width: float, height: float):
@@ -165,14 +180,20 @@ def plot_similarity(manifest: dict[str, Any], records: list[dict[str, Any]], run
     from surgery.analysis.plots import plot_heatmap as similarity_heatmap
     from surgery.analysis.plots import plot_layer_stats
     from surgery.analysis.report import read_result
+    from surgery.errors import SurgeryError
+    from surgery.sweep.report import SIMILARITY_DIR
 
     spec = manifest["recipe_spec"]
-    paths, series = [], []
+    paths, series, taken = [], [], set()
+    inside = (Path(run_dir) / SIMILARITY_DIR).resolve()
     for record in records:
         if "files" not in record:
             continue
-        result = read_result(run_dir / record["files"])
-        name = record["variant"] + "".join(f"_{k}{v}" for k, v in record["params"].items())
+        folder = (Path(run_dir) / str(record["files"])).resolve()
+        if inside not in folder.parents:
+            raise SurgeryError(f"{run_dir}: a result names files outside {inside} ({str(record['files'])[:200]!r})")
+        result = read_result(folder)
+        name = figure_name(str(record["variant"]) + "".join(f"_{k}{v}" for k, v in record["params"].items()), taken)
         title = (
             f"Fig {spec['figure']}: avg. cosine similarity, {record['plan']}\n{manifest['model']['name']}; "
             f"{result.num_texts} texts, {result.num_tokens} tokens"
@@ -264,7 +285,7 @@ def plot_run(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     figures = out / PLOTS_DIR
     figures.mkdir(parents=True, exist_ok=True)
     kind, plot = manifest["recipe_spec"]["kind"], manifest["recipe_spec"]["plot"]
-    name = manifest["recipe_name"]
+    name = figure_name(manifest.get("recipe_name"))  # from a file: never a path
     paths: list[Path] = []
     if plot == "curves":
         paths.append(plot_curves(manifest, records, figures / f"{name}.png"))
