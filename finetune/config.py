@@ -25,7 +25,7 @@ class FinetuneConfig(CommandConfig):
     data_dir: Path | None = None
     limit: int | None = Field(default=None, ge=1)
     epochs: int = Field(default=1, ge=1)
-    lr: float = Field(default=5e-5, gt=0)
+    lr: float = Field(default=5e-5, gt=0, le=1)  # AdamW moves every weight by about lr a step; above 1 it overflows
     batch_size: int = Field(default=64, ge=1)
     micro_batch_size: int = Field(default=4, ge=1)
     max_length: int = Field(default=512, ge=2)

@@ -156,16 +156,20 @@ def _arc_from_hub(subset: str) -> tuple[list[dict], str]:
 def tokenize_rows(rows: list[dict[str, str]], tokenizer, max_length: int) -> tuple[list[Example], int, int]:
     """Token ids and labels; a sequence longer than ``max_length`` keeps its end (the target). Returns
     ``(examples, truncated, dropped)``; an example left without any target token is dropped."""
+    from surgery.text_limits import clip_text
+
     examples, truncated, dropped = [], 0, 0
     for row in rows:
+        texts = [row["text"]] if "text" in row else [row["prompt"], row["completion"]]
+        clipped = [clip_text(text, max_length, keep="end") for text in texts]  # never tokenize what is cut anyway
         if "text" in row:
-            ids = list(tokenizer(row["text"])["input_ids"])
+            ids = list(tokenizer(clipped[0])["input_ids"])
             labels = list(ids)
         else:
-            prompt = list(tokenizer(row["prompt"])["input_ids"])
-            target = list(tokenizer(row["completion"], add_special_tokens=False)["input_ids"])
+            prompt = list(tokenizer(clipped[0])["input_ids"])
+            target = list(tokenizer(clipped[1], add_special_tokens=False)["input_ids"])
             ids, labels = prompt + target, [IGNORE] * len(prompt) + target
-        if len(ids) > max_length:
+        if len(ids) > max_length or clipped != texts:
             truncated += 1
             ids, labels = ids[-max_length:], labels[-max_length:]
         labels[0] = IGNORE  # the first token is never predicted

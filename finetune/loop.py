@@ -28,8 +28,40 @@ import torch
 
 from surgery.errors import SurgeryError
 from surgery.finetune.data import IGNORE, Example
+from surgery.finetune.state import STATE_FILE, clear_state, load_state, restore_state
 
-STATE_FILE = "state.pt"
+__all__ = [
+    "STATE_FILE",
+    "Diverged",
+    "LoopSettings",
+    "TrainResult",
+    "check_finite",
+    "first_non_finite",
+    "load_state",
+    "train",
+]
+
+
+class Diverged(SurgeryError):
+    """The loss, the gradients or the weights became NaN or infinite: nothing is written, no state is kept."""
+
+
+def first_non_finite(named: list[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first floating-point tensor of ``named`` holding NaN or inf, or None."""
+    with torch.no_grad():
+        for name, tensor in named:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                return name
+    return None
+
+
+def check_finite(named: list[tuple[str, torch.Tensor]], when: str) -> None:
+    """Raise :class:`Diverged` naming the first tensor of ``named`` with a NaN or infinite value."""
+    name = first_non_finite(named)
+    if name is not None:
+        raise Diverged(
+            f"{when}: {name} holds NaN or infinite values (try a lower --lr or --lora-alpha); nothing was written"
+        )
 
 
 @dataclass
@@ -127,17 +159,6 @@ def _save_state(state_dir: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, state_dir / STATE_FILE)
 
 
-def load_state(state_dir: Path) -> dict[str, Any] | None:
-    """The saved resumable state of ``state_dir``, or None when there is none."""
-    path = state_dir / STATE_FILE
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
-        raise SurgeryError(f"cannot read the saved fine-tuning state {path}: {exc}") from None
-
-
 def train(
     model,
     examples: list[Example],
@@ -159,29 +180,23 @@ def train(
     optimizer = torch.optim.AdamW(
         [param for _, param in named], lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.999)
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total, settings.warmup_ratio))
+    factor = schedule(total, settings.warmup_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     start, log, tokens_before, seconds_before = 0, [], 0, 0.0
     torch.manual_seed(settings.seed)
     random.seed(settings.seed)
     state = load_state(state_dir) if resume else None
     if state is not None:
-        if state["fingerprint"] != fingerprint:
-            changed = sorted(
-                k for k in {*fingerprint, *state["fingerprint"]} if fingerprint.get(k) != state["fingerprint"].get(k)
-            )
-            raise SurgeryError(
-                f"cannot resume from {state_dir}: it was saved with other settings ({', '.join(changed)}); "
-                "rerun with the same settings, or delete it to start over"
-            )
-        with torch.no_grad():
-            for name, param in named:
-                param.copy_(state["trainable"][name])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
-        start, log = state["step"], state["log"]
-        tokens_before, seconds_before = state["tokens"], state["seconds"]
+        start, log, tokens_before, seconds_before = restore_state(
+            state,
+            state_dir=state_dir,
+            fingerprint=fingerprint,
+            named=named,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            total=total,
+            lr_at=lambda step: settings.lr * factor(step),
+        )
     autocast = (
         torch.autocast(device_type=device.type, dtype=torch.bfloat16) if settings.dtype == "bfloat16" else nullcontext()
     )
@@ -219,8 +234,18 @@ def train(
                 (loss / targets).backward()
                 loss_sum += loss.item()
                 tokens += int(batch["attention_mask"].sum())
-            in_update = True
+                if not math.isfinite(loss_sum):
+                    raise Diverged(
+                        f"training diverged at step {step + 1}/{total}: the loss is {loss_sum} "
+                        "(try a lower --lr or --lora-alpha); nothing was written"
+                    )
             grad_norm = torch.nn.utils.clip_grad_norm_([param for _, param in named], settings.grad_clip)
+            if not math.isfinite(float(grad_norm)):
+                raise Diverged(
+                    f"training diverged at step {step + 1}/{total}: the gradient norm is {float(grad_norm)} "
+                    "(try a lower --lr or --lora-alpha); nothing was written"
+                )
+            in_update = True
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
@@ -244,12 +269,16 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{entry['loss']:.4f}", tok_s=f"{entry['tokens_per_s'] or 0:.0f}")
             if completed % settings.save_every == 0 or completed == total:  # the last: writing may still fail
+                check_finite(named, f"training diverged at step {completed}/{total}")
                 _save_state(state_dir, snapshot())
                 saved = completed
             if on_step is not None:
                 on_step(completed)
-    except BaseException:
-        if not in_update and completed > saved:
+    except BaseException as exc:
+        if isinstance(exc, Diverged):  # resuming would diverge again at the same step: no state is kept
+            clear_state(state_dir)
+        resumable = not isinstance(exc, Diverged) and first_non_finite(named) is None
+        if not in_update and completed > saved and resumable:
             _save_state(state_dir, snapshot())
             print(
                 f"\nnote: interrupted; state saved at step {completed}/{total} in {state_dir} "

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -35,6 +34,45 @@ def state_dir_for(out_dir: Path) -> Path:
     return real.parent / f".{real.name}.finetune-state"
 
 
+def input_files(config: FinetuneConfig, data_dir: Path | None) -> list[Path]:
+    """The files this run reads besides the model (training data, a plan file): protected like the model."""
+    from surgery.finetune.data import ARC_SUBSETS, arc_local_path
+
+    files = []
+    if config.data in ARC_SUBSETS:
+        if data_dir is not None:
+            files.append(arc_local_path(config.data, data_dir))
+    else:
+        files.append(Path(config.data).expanduser())
+    if config.plan is not None and len(config.plan) < 256 and "\n" not in config.plan:
+        try:
+            if Path(config.plan).expanduser().is_file():
+                files.append(Path(config.plan).expanduser())
+        except OSError:  # plan text that is no possible file name
+            pass
+    return files
+
+
+def check_state_dir(config: FinetuneConfig, protect: list[Path]) -> Path:
+    """The resume-state folder beside OUT_DIR, refused where removing it could touch an input."""
+    from surgery.io.output_dir import check_apart
+
+    state_dir = state_dir_for(config.out_dir)
+    if state_dir.is_symlink() or (state_dir.exists() and not state_dir.is_dir()):
+        raise SurgeryError(
+            f"the resume-state path {state_dir} (beside OUT_DIR) is a symlink or not a directory; "
+            "move it away or choose another OUT_DIR"
+        )
+    check_apart(
+        state_dir,
+        protect,
+        what="the resume-state folder",
+        choose="OUT_DIR (its state is kept beside it, in .OUT_DIR.finetune-state)",
+        inputs="an input of this run",
+    )
+    return state_dir
+
+
 def check(config: FinetuneConfig) -> Checked:
     """Everything that can be refused before the model loads (well under a second)."""
     from surgery.architectures import arch_for_config
@@ -44,7 +82,7 @@ def check(config: FinetuneConfig) -> Checked:
     from surgery.io.data_dir import resolve_data_dir
     from surgery.io.loading import check_loadable
     from surgery.io.model_ref import num_layers_of
-    from surgery.io.output_dir import check_output_dir
+    from surgery.io.output_dir import check_apart, check_output_dir
 
     if config.method == "lora":
         require_extra("finetune", "finetune --method lora")
@@ -62,7 +100,11 @@ def check(config: FinetuneConfig) -> Checked:
         raise SurgeryError(f"{config.model} is an encoder ({spec.name}); `surgery finetune` trains causal LMs")
     num_layers = num_layers_of(raw_config, config.model)
     surgery_class = raw_config.get("model_type") == "surgery"
-    check_output_dir(config.out_dir, overwrite=config.overwrite, protect=[ref.path] if ref.path else [])
+    model_paths = [ref.path] if ref.path else []
+    check_output_dir(config.out_dir, overwrite=config.overwrite, protect=model_paths)
+    files = input_files(config, data_dir)
+    check_apart(config.out_dir, files, inputs="an input of this run")
+    check_state_dir(config, [*model_paths, *files])
     if config.plan is not None:
         from surgery.plan import load_plan, resolve_plan
 
@@ -73,7 +115,7 @@ def check(config: FinetuneConfig) -> Checked:
             )
         resolve_plan(load_plan(config.plan), num_layers)  # a plan that does not fit is refused here
     check_data(config.data, data_dir)
-    state = state_dir_for(config.out_dir) / STATE_FILE
+    state = state_dir_for(config.out_dir) / STATE_FILE  # checked above: a real folder apart from every input
     if state.is_file() and not config.resume:
         raise SurgeryError(
             f"an interrupted run left its state in {state.parent}; pass --resume to continue it "
@@ -95,7 +137,8 @@ def run_finetune(
     from surgery.architectures import arch_for_config
     from surgery.finetune.data import load_train_data
     from surgery.finetune.full import prepare_full, trainable_count
-    from surgery.finetune.loop import LoopSettings, train
+    from surgery.finetune.loop import Diverged, LoopSettings, train
+    from surgery.finetune.state import clear_state
     from surgery.io.loading import load_model_and_tokenizer
 
     spec = arch_for_config(checked.raw_config)
@@ -172,12 +215,17 @@ def run_finetune(
         "tied_layers": "a layer executed at several positions is one set of weights, trained once "
         "(its LoRA, if any, is shared by every position)",
     }
-    _write(config, checked, model, tokenizer, peft_model, details, result.log)
-    shutil.rmtree(state_dir, ignore_errors=True)
+    try:
+        _write(config, checked, model, tokenizer, peft_model, details, result.log)
+    except Diverged:  # the merged weights overflowed: a resumed run would end the same way
+        clear_state(state_dir)
+        raise
+    clear_state(state_dir)
     return details
 
 
 def _write(config, checked: Checked, model, tokenizer, peft_model, details: dict, log: list[dict]) -> None:
+    from surgery.finetune.loop import check_finite
     from surgery.finetune.lora import merge_lora
     from surgery.finetune.report import plot_loss, write_log
     from surgery.finetune.write import (
@@ -197,6 +245,7 @@ def _write(config, checked: Checked, model, tokenizer, peft_model, details: dict
             if config.save_adapter:
                 peft_model.save_pretrained(tmp / "adapter")
             model = merge_lora(peft_model)
+        check_finite(list(model.named_parameters()), "the trained model")
         if config.plan is not None:
             record = save_planned(model, tokenizer, config.plan, tmp, tie_repeats=config.tie_repeats, dtype=dtype)
             record.source = planned_source(checked.ref, checked.num_layers)

@@ -239,11 +239,15 @@ def _executed(
 
 def _tokenize(tokenizer, texts: Sequence[str], max_length: int, exclude_special: bool):
     """(token ids, special-token flags) per text, truncated to ``max_length``; and how many were truncated."""
+    from surgery.text_limits import clip_text
+
     encoded, truncated = [], 0
     for text in texts:
-        item = tokenizer(text, return_special_tokens_mask=True)
-        if len(item["input_ids"]) > max_length:
+        clipped = clip_text(text, max_length, keep="start")  # a huge text is never tokenized whole
+        item = tokenizer(clipped, return_special_tokens_mask=True)
+        if len(item["input_ids"]) > max_length or clipped is not text:
             truncated += 1
+            text = clipped
             item = tokenizer(text, return_special_tokens_mask=True, truncation=True, max_length=max_length)
         ids = list(item["input_ids"])
         if not ids:

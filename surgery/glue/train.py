@@ -112,8 +112,14 @@ class Encoded:
     def __init__(self, tokenizer, examples: list[Example], max_length: int, regression: bool):
         import torch
 
-        a = [example.text_a for example in examples]
-        b = [example.text_b for example in examples] if examples and examples[0].text_b is not None else None
+        from surgery.text_limits import clip_text
+
+        a = [clip_text(example.text_a, max_length, keep="start") for example in examples]
+        b = (
+            [clip_text(example.text_b, max_length, keep="start") for example in examples]
+            if examples and examples[0].text_b is not None
+            else None
+        )
         self.features = dict(tokenizer(a, b, truncation=True, max_length=max_length)) if examples else {"input_ids": []}
         self.pad_id = tokenizer.pad_token_id or 0
         dtype = torch.float32 if regression else torch.long

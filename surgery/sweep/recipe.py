@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import math
 import operator
 import re
 from dataclasses import dataclass, field
@@ -47,6 +48,10 @@ _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _FIELD = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(?P<a>.+?)\.\.(?P<b>.+?)(?:by(?P<step>.+))?$")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv}
+# Bounds checked from the counts, before anything is expanded: the paper's largest figure (fig 10 on an 80-layer
+# model) has 40 x 28 = 1120 variants; a grid beyond these is a typo, not an experiment.
+MAX_GRID_VALUES = 10_000  # values of one parameter
+MAX_VARIANTS = 10_000  # variants of one recipe, all lines together
 
 
 def paper_range(n: int, num_layers: int) -> tuple[int, int]:
@@ -110,6 +115,8 @@ def expand_values(spec: int | list[int] | str, names: dict[str, int]) -> list[in
     if isinstance(spec, int):
         return [spec]
     if isinstance(spec, list):
+        if len(spec) > MAX_GRID_VALUES:
+            raise SurgeryError(f"a list of {len(spec):,} values; a grid parameter takes at most {MAX_GRID_VALUES:,}")
         return list(spec)
     match = _RANGE.match(spec.strip())
     if not match:
@@ -118,11 +125,14 @@ def expand_values(spec: int | list[int] | str, names: dict[str, int]) -> list[in
     step = evaluate(match["step"], names) if match["step"] else 1
     if step < 1:
         raise SurgeryError(f"step of {spec!r} must be >= 1")
+    count = max(0, (last - first) // step + 1)
+    if count > MAX_GRID_VALUES:
+        raise SurgeryError(f"{spec!r} has {count:,} values; a grid parameter takes at most {MAX_GRID_VALUES:,}")
     return list(range(first, last + 1, step))
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 GridValue = StrictInt | list[StrictInt] | str
@@ -223,8 +233,13 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
     try:
         recipe = Recipe(**data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = tuple(part for part in first["loc"] if not (isinstance(part, str) and part.startswith(("<", "str"))))
+        errors = exc.errors()
+        first = next((error for error in errors if error["type"] == "finite_number"), errors[0])  # .inf, .nan
+        loc = tuple(
+            part
+            for part in first["loc"]
+            if not (isinstance(part, str) and (part.startswith(("<", "str")) or part in ("int", "float", "bool")))
+        )
         line = _node_line(yaml.compose(text, Loader=PlanLoader), loc)
         where = ".".join(str(part) for part in loc) or "(top level)"
         message = first["msg"].removeprefix("Value error, ")
@@ -242,12 +257,28 @@ def expand(recipe: Recipe, num_layers: int, grid_override: dict[str, list[int]] 
     from surgery.plan import load_plan, resolve_plan
 
     variants = [Variant("identity", "full model", {}, "identity")] if recipe.identity else []
+    lines = []
     for spec in recipe.variants:
         base = {"T": num_layers, "center": num_layers // 2}
-        axes = {
-            name: (grid_override[name] if grid_override and name in grid_override else expand_values(values, base))
-            for name, values in spec.grid.items()
-        }
+        axes = {}
+        for name, values in spec.grid.items():
+            try:
+                axes[name] = (
+                    grid_override[name] if grid_override and name in grid_override else expand_values(values, base)
+                )
+            except SurgeryError as exc:
+                raise SurgeryError(f"variant {spec.name}, grid {name} on T={num_layers}: {exc}") from None
+        lines.append((spec, axes))
+    count = sum(math.prod(len(values) for values in axes.values()) for _, axes in lines)
+    if count > MAX_VARIANTS:
+        sizes = "; ".join(
+            f"{spec.name}: " + " x ".join(f"{len(values):,} {name}" for name, values in axes.items())
+            for spec, axes in lines
+        )
+        raise SurgeryError(
+            f"the grid expands to {count:,} variants on T={num_layers} ({sizes}); a recipe has at most {MAX_VARIANTS:,}"
+        )
+    for spec, axes in lines:
         for combo in itertools.product(*axes.values()):
             params = dict(zip(axes, combo))
             try:
@@ -266,14 +297,16 @@ def expand(recipe: Recipe, num_layers: int, grid_override: dict[str, list[int]] 
 def recipe_files(paths: list[str | Path]) -> list[Path]:
     """Recipe files named by ``paths`` (files, or folders searched recursively for ``*.yaml``), sorted."""
     found: list[Path] = []
+    from surgery.fileio import path_is
+
     for given in paths:
         path = Path(given)
-        if path.is_dir():
+        if path_is(Path.is_dir, str(given)):
             found += sorted(path.rglob("*.yaml"))
-        elif path.is_file():
+        elif path_is(Path.is_file, str(given)):
             found.append(path)
-        else:
-            raise SurgeryError(f"no such recipe file or folder: {given}")
+        else:  # missing, or no possible file name (too long, a NUL byte)
+            raise SurgeryError(f"no such recipe file or folder: {str(given)[:200]}")
     return found
 
 
@@ -296,6 +329,8 @@ def parse_grid_override(items: list[str] | tuple[str, ...]) -> dict[str, list[in
         numbers: list[int] = []
         for part in parts:
             numbers += expand_values(part if ".." in part else str(evaluate(part, {})), {})
+            if len(numbers) > MAX_GRID_VALUES:
+                raise SurgeryError(f"--grid {name.strip()}: more than {MAX_GRID_VALUES:,} values")
         out[name.strip()] = numbers
     return out
 
@@ -366,7 +401,7 @@ def parse_settings_override(items: list[str] | tuple[str, ...], kind: str) -> di
             known = ", ".join(SETTING_KEYS[kind]) or "none"
             raise SurgeryError(f"--set {name}: not a setting of {kind} recipes (settings: {known})")
         parsed = yaml.safe_load(value)
-        if not isinstance(parsed, (int, float, str, bool)):
-            raise SurgeryError(f"--set {item!r}: the value must be a number, a word or true/false")
+        if not isinstance(parsed, (int, float, str, bool)) or (isinstance(parsed, float) and not math.isfinite(parsed)):
+            raise SurgeryError(f"--set {item!r}: the value must be a finite number, a word or true/false")
         out[name] = parsed
     return out
