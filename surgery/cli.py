@@ -10,6 +10,7 @@ run, so ``surgery apply`` and ``surgery --help`` stay lean (see :data:`LAZY_COMM
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import signal
@@ -21,6 +22,7 @@ import click
 from surgery import __version__
 from surgery.cli_options import allow_pickle_option, plan_option, quiet_option, revision_option
 from surgery.errors import SurgeryError
+from surgery.io.hub import redact_url_secrets
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -65,8 +67,34 @@ class Terminated(BaseException):
     """Raised from the SIGTERM handler so ``finally`` / ``except BaseException`` clean-ups run."""
 
 
+_handler_pid: int | None = None  # the process whose SIGTERM handler is _on_sigterm (set by SurgeryGroup.invoke)
+
+
 def _on_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    """Raise :class:`Terminated` in the CLI process; anywhere else (a forked child) die as SIGTERM's default does.
+
+    A forked child inherits this handler; lm-eval's bootstrap pool is such a child, and ``Pool.terminate``
+    sends SIGTERM to its workers: raising there printed worker tracebacks and could leave the parent waiting
+    for a worker that never exits. :func:`_default_sigterm_in_child` resets the handler at fork; this check
+    covers a child made without ``os.fork`` hooks.
+    """
+    if os.getpid() != _handler_pid:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise Terminated()
+
+
+def _default_sigterm_in_child() -> None:
+    """After ``os.fork`` (multiprocessing's fork workers included): SIGTERM kills the child, as by default."""
+    try:
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError:  # not the main thread of the main interpreter: the handler cannot be ours
+        pass
+
+
+os.register_at_fork(after_in_child=_default_sigterm_in_child)
 
 
 class SurgeryGroup(click.Group):
@@ -93,13 +121,15 @@ class SurgeryGroup(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
+        global _handler_pid
+        _handler_pid = os.getpid()
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return super().invoke(ctx)
         except SurgeryError as exc:
             if _debug(ctx):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {redact_url_secrets(exc)}", err=True)
             ctx.exit(EXIT_USER_ERROR)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
@@ -109,11 +139,20 @@ class SurgeryGroup(click.Group):
         except Terminated:
             click.echo("error: terminated (SIGTERM)", err=True)
             ctx.exit(143)
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG or _debug(ctx):
+                raise
+            # only a path from the command line can be this long: the user's input, not an internal error
+            name = str(exc.filename or "")
+            shown = name if len(name) <= 80 else name[:77] + "..."
+            click.echo(f"error: path too long for the file system (a name over 255 bytes): {shown}", err=True)
+            ctx.exit(EXIT_USER_ERROR)
         except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
             if _debug(ctx):
                 raise
             first = str(exc).splitlines()[0] if str(exc) else ""
-            click.echo(f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)", err=True)
+            shown = redact_url_secrets(first)
+            click.echo(f"error: {type(exc).__name__}: {shown} (run with --debug for the traceback)", err=True)
             ctx.exit(EXIT_INTERNAL_ERROR)
         finally:
             signal.signal(signal.SIGTERM, previous)

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, AllowInfNan, BaseModel, ConfigDict, Field, ValidationError
 
 from surgery.errors import SurgeryError
 
@@ -20,9 +20,14 @@ Config = TypeVar("Config", bound="CommandConfig")
 
 
 class CommandConfig(BaseModel):
-    """A command's validated settings; unknown fields are errors."""
+    """A command's validated settings; unknown fields are errors, and so are non-finite numbers.
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    ``allow_inf_nan=False``: every float option of every command (``--lr inf``, ``--lora-alpha nan``) is
+    refused here with ``--option: Input should be a finite number``; a field that must take part in its own
+    message (:data:`Limit`) opts back in with ``AllowInfNan(True)`` and refuses the values itself.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False)
 
     @classmethod
     def validated(cls: type[Config], **values: Any) -> Config:
@@ -37,26 +42,55 @@ class CommandConfig(BaseModel):
         return self.model_dump(mode="json")
 
 
+MAX_LIMIT = 10**9  # documents per task: more than any benchmark has, and within what itertools.islice takes
+
+
 def _positive_limit(value: int | float | None) -> int | float | None:
     if value is None:
         return None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"must be a positive number, got {value}")
+    if value > MAX_LIMIT:
+        raise ValueError(f"must be at most {MAX_LIMIT} documents (omit it to evaluate every document), got {value:g}")
     return value if value < 1 else int(value)
 
 
+# A random seed every generator takes: numpy's (and lm-eval's) must be in [0, 2**32 - 1].
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
 # lm-eval's --limit: a count of documents, or a fraction of each task when below 1 (positive and finite).
-Limit = Annotated[int | float | None, AfterValidator(_positive_limit)]
+Limit = Annotated[int | Annotated[float, AllowInfNan(True)] | None, AfterValidator(_positive_limit)]
 
 
 def validation_message(exc: ValidationError, option_names: Mapping[str, str] | None = None) -> str:
-    """pydantic's first error as one line, ``where: what``; with ``option_names`` fields read as CLI options."""
+    """pydantic's first error as one line, ``where: what``; with ``option_names`` fields read as CLI options.
+
+    A check of the whole model (a ``model_validator``) has no field: its message, which names the options
+    involved itself, is the whole line. With ``option_names``, a nested location (an item of a list option,
+    a member of a union) reads as the option and the offending value: ``--backend 'foo': Input should be ...``.
+    """
     first = exc.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    if option_names is not None:
-        field = option_names.get(field, "--" + field.replace("_", "-"))
     message = first["msg"].removeprefix("Value error, ")
+    loc = [str(part) for part in first["loc"]]
+    if not loc:
+        return message
+    field = ".".join(loc)
+    if option_names is not None:
+        head = loc[0]
+        field = option_names.get(field) or option_names.get(head) or "--" + head.replace("_", "-")
+        if len(loc) > 1:
+            field += f" {_shown_input(first.get('input'), loc[1:])}"
     return f"{field}: {message}"
+
+
+def _shown_input(value: Any, rest: list[str]) -> str:
+    """The offending value of a nested location, short (``'foo'``), else where it is (``item 2``)."""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        shown = repr(value)
+        if len(shown) <= 60 and shown.isprintable():
+            return shown
+    indices = [part for part in rest if part.isdigit()]
+    return f"item {int(indices[-1]) + 1}" if indices else f"({'.'.join(rest)})"
 
 
 def config_from_options(cls: type[Config], option_names: Mapping[str, str] | None = None, **options: Any) -> Config:

@@ -7,7 +7,6 @@ from typing import Any
 
 from surgery import __version__
 from surgery.analysis.config import SimilarityConfig
-from surgery.errors import SurgeryError
 
 ANALYSIS = "layer similarity (Transformer Layers as Painters, §3.1 Fig 3, A.3 Fig 14, A.4 Fig 15)"
 
@@ -28,8 +27,9 @@ def check(config: SimilarityConfig):
     from surgery.io.loading import check_loadable
 
     require_extra("eval", "similarity", ("numpy", "matplotlib"))
-    if config.out_dir.exists() and not config.out_dir.is_dir():
-        raise SurgeryError(f"output {config.out_dir} exists and is not a directory")
+    from surgery.io.output_dir import check_creatable
+
+    check_creatable(config.out_dir, "--out", beside=False)  # written in place
     if resolve_data_dir(config.data_dir) is None and config.data.lower() == "lambada":
         from surgery.io.hub import prepare_hub
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from surgery.config import CommandConfig, Limit
+from surgery.config import CommandConfig, Limit, Seed
 
 DEFAULT_BOOTSTRAP_ITERS = 100000  # lm-eval's default
 
@@ -23,7 +23,7 @@ class EvalConfig(CommandConfig):
     batch_size: int = Field(default=8, ge=1)
     max_gen_toks: int | None = Field(default=None, ge=1)
     bootstrap_iters: int = Field(default=DEFAULT_BOOTSTRAP_ITERS, ge=0)
-    seed: int | None = None
+    seed: Seed | None = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str | None = None
     revision: str | None = None

@@ -218,20 +218,58 @@ def evaluate(model: str, **settings: Any) -> dict[str, Any]:
     return run_eval(EvalConfig.validated(model=model, **settings))
 
 
+MAX_RESULTS_BYTES = 1 << 30  # a results JSON with every sample logged is tens of MB; 1 GiB is plenty
+
+
 def load_results(path: str | Path) -> dict[str, Any]:
-    """A results JSON written by ``surgery eval`` (or by lm-eval: anything with a ``results`` mapping)."""
+    """A results JSON written by ``surgery eval`` (or by lm-eval: anything with a ``results`` mapping).
+
+    Checked where it is read: a regular file (never a FIFO or device), JSON, ``results`` mapping each task to a
+    mapping of metrics, ``config``/``chance``/``config.data`` mappings when present, and finite numbers where
+    the normalized score reads them.
+    """
     import json
+
+    from surgery.fileio import open_regular
 
     path = Path(path)
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        with open_regular(path, max_bytes=MAX_RESULTS_BYTES) as handle:
+            payload = json.loads(handle.read().decode("utf-8"))
     except FileNotFoundError:
         raise SurgeryError(f"baseline results not found: {path}") from None
-    except (OSError, ValueError) as exc:
-        raise SurgeryError(f"cannot read baseline results {path}: {_first_line(exc)}") from None
+    except (OSError, ValueError, RecursionError) as exc:  # unreadable, not UTF-8, not JSON, nested too deep
+        raise SurgeryError(f"cannot read baseline results {path}: {_first_line(exc)[:200]}") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("results"), dict):
         raise SurgeryError(f"{path} has no 'results' mapping; expected the JSON written by `surgery eval --output`")
+    _check_results_shape(payload, path)
     return payload
+
+
+def _check_results_shape(payload: dict[str, Any], path: Path) -> None:
+    """Refuse what the normalized score and the comparability warnings would trip over, naming where it is."""
+    import math
+
+    from surgery.evaluation.tasks import BENCHMARK_OF_TASK
+
+    def refuse(where: str, what: str) -> SurgeryError:
+        return SurgeryError(f"baseline results {path}: {where[:120]!r} {what}")
+
+    for section in ("results", "chance", "config"):
+        if not isinstance(payload.get(section, {}), dict):
+            raise refuse(section, "must be a mapping")
+    for section in ("results", "chance"):
+        for task, metrics in payload.get(section, {}).items():
+            if not isinstance(metrics, dict):
+                raise refuse(f"{section}.{task}", "must be a mapping of metric names to values")
+            benchmark = BENCHMARK_OF_TASK.get(task)
+            read = {"perplexity", benchmark.primary_metric.split(",")[0]} if benchmark else set()
+            for key, value in metrics.items():
+                if isinstance(value, float) and not math.isfinite(value) and str(key).split(",")[0] in read:
+                    raise refuse(f"{section}.{task}.{key}", f"is {value}; a baseline score must be a finite number")
+    data = payload.get("config", {}).get("data", {})
+    if not isinstance(data, dict) or not all(isinstance(info, dict) for info in data.values()):
+        raise refuse("config.data", "must map each task to a mapping (where its data came from)")
 
 
 def baseline_mismatches(config: dict[str, Any], baseline: dict[str, Any]) -> list[str]:

@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from surgery.errors import SurgeryError
 from surgery.fileio import atomic_write_text, format_table
 
 LM_EVAL_KEYS = ("results", "versions", "n-shot", "higher_is_better", "n-samples")
@@ -52,7 +53,11 @@ def _clean(value: Any) -> Any:
 
 
 def write_json(payload: dict[str, Any], path: Path) -> None:
-    atomic_write_text(Path(path), json.dumps(_clean(payload), indent=2) + "\n")
+    """The results payload as JSON at ``path`` (atomically); a failed write is one error naming ``--output``."""
+    try:
+        atomic_write_text(Path(path), json.dumps(_clean(payload), indent=2) + "\n")
+    except OSError as exc:
+        raise SurgeryError(f"--output {path}: cannot write the results ({exc.strerror or exc})") from None
 
 
 def _fmt(value: Any) -> str:

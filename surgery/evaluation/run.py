@@ -9,8 +9,8 @@ from surgery.evaluation.config import EvalConfig
 
 
 def check(config: EvalConfig):
-    """Everything that can be refused before torch and lm-eval load, local files first: tasks, output, plan,
-    baseline, data, model."""
+    """Everything that can be refused before the model and lm-eval load, local files first: tasks, output, plan,
+    baseline, data, model, device."""
     from surgery.evaluation.harness import load_results
     from surgery.evaluation.tasks import parse_tasks, resolve_local
     from surgery.extras import require_extra
@@ -46,6 +46,7 @@ def check(config: EvalConfig):
         trust_remote_code=config.trust_remote_code,
         allow_pickle=config.allow_pickle,
     )
+    resolve_device(config.device)  # imports torch: last
     return ref, baseline
 
 
@@ -72,7 +73,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     )
     if not hasattr(loaded, "generate"):
         raise SurgeryError(f"{config.model} is not a generative (causal LM) model; these benchmarks need one")
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(config.device)
     loaded.to(device)
     execution = resolve_for_model(loaded, plan) if plan is not None else None
     results = taskset.run(
@@ -126,15 +127,41 @@ def announce_cost(counts: dict[str, int], limit: int | float | None, device: str
     """Say on stderr how much will be evaluated, and suggest ``--limit`` before a run of hours on a CPU."""
     import sys
 
-    import torch
-
     total = sum(counts.values())
     parts = ", ".join(f"{name} {count}" for name, count in counts.items())
     print(f"evaluating {total} documents ({parts})", file=sys.stderr)
-    on_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
+    on_cpu = resolve_device(device) == "cpu"
     if on_cpu and limit is None and total > LONG_RUN_DOCS:
         print(
             f"note: {total} documents on a CPU take hours (SmolLM2-135M scores ~5 documents/s with batch 8); "
             "--limit 100 gives a first look in minutes",
             file=sys.stderr,
         )
+
+
+def resolve_device(device: str | None) -> str:
+    """``--device`` checked against this machine: a torch device of type cpu, cuda or mps that exists here.
+
+    None means cuda when available, else cpu. A typo, a CUDA device on a machine without one, or an index past
+    the last GPU is one error line before the model loads.
+    """
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise SurgeryError(f"--device {device[:60]!r}: not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise SurgeryError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        if parsed.index is not None and parsed.index >= count:
+            raise SurgeryError(f"--device {device}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise SurgeryError(f"--device {device}: MPS is not available on this machine")
+    elif parsed.type != "cpu":
+        raise SurgeryError(f"--device {device}: evaluation runs on cpu, cuda or mps (got device type {parsed.type!r})")
+    return device

@@ -21,6 +21,7 @@ import fcntl
 import os
 import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -33,28 +34,74 @@ def _real(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
+def check_creatable(out_dir: Path, what: str = "output directory", *, beside: bool = True) -> None:
+    """``out_dir`` is a directory, or can be made as one: its nearest existing ancestor is a writable directory.
+
+    ``Path.exists`` answers False for ``file/sub`` and raises for a name over NAME_MAX; both are refused here,
+    before any work, instead of failing when the first file is written. A file is created and removed where
+    the run will write (``beside`` OUT_DIR for a staged output, else inside it once it exists), which also
+    catches /proc and read-only file systems. ``what`` names the option in the message (``--out``).
+    """
+    try:
+        if out_dir.is_symlink() and not out_dir.exists():
+            raise SurgeryError(f"{what} {out_dir} is a dangling symlink")
+        if out_dir.exists() and not out_dir.is_dir():
+            raise SurgeryError(f"{what} {out_dir} exists and is not a directory")
+        existing = Path(os.path.abspath(out_dir))
+        if beside or not existing.is_dir():
+            existing = existing.parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    except OSError as exc:  # a name too long, a symlink loop, ...
+        shown = str(out_dir) if len(str(out_dir)) <= 200 else str(out_dir)[:200] + "..."
+        raise SurgeryError(f"cannot use {what} {shown}: {exc.strerror or exc}") from None
+    if not existing.is_dir():
+        raise SurgeryError(f"{what} {out_dir}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SurgeryError(f"{what} {out_dir}: cannot write in {existing}")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".surgery-probe-"))
+    except OSError as exc:
+        raise SurgeryError(f"{what} {out_dir}: cannot create files in {existing} ({exc.strerror})") from None
+
+
 def check_output_dir(out_dir: Path, *, overwrite: bool, protect: Iterable[Path] = ()) -> Path:
     """Validate OUT_DIR before any work; returns it with symlinks resolved (where it will really be written)."""
     out_dir = Path(out_dir).expanduser()
-    if out_dir.is_symlink() and not out_dir.exists():
-        raise SurgeryError(f"output path {out_dir} is a dangling symlink")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SurgeryError(f"output path exists and is not a directory: {out_dir}")
+    check_creatable(out_dir)  # the lock file and the temporary folder are made beside OUT_DIR
     real = _real(out_dir)
     if real == real.parent:
         raise SurgeryError(f"output directory {out_dir} is the file system root")
     if len(real.name.encode()) > 200:  # room for the temporary sibling's prefix and suffix within NAME_MAX (255)
         raise SurgeryError(f"output directory name is too long ({len(real.name.encode())} bytes; at most 200)")
-    for path in protect:
-        source = _real(path)
-        if real == source:
-            raise SurgeryError(f"output directory {out_dir} is the source model; choose another OUT_DIR")
-        if source.is_relative_to(real):
-            raise SurgeryError(f"output directory {out_dir} contains the source model {path}; choose another OUT_DIR")
-        if real.is_relative_to(source):
-            raise SurgeryError(f"output directory {out_dir} is inside the source model {path}; choose another OUT_DIR")
+    check_apart(out_dir, protect)
     if real.is_dir() and any(real.iterdir()) and not overwrite:
         raise SurgeryError(f"output directory {out_dir} exists and is not empty (pass --overwrite to replace it)")
+    return real
+
+
+def check_apart(
+    path: Path,
+    protect: Iterable[Path],
+    *,
+    what: str = "output directory",
+    choose: str = "OUT_DIR",
+    inputs: str = "the source model",
+) -> Path:
+    """Refuse a folder a run replaces or deletes (``path``) that is, contains or lies inside a protected input.
+
+    The one check behind OUT_DIR (:func:`check_output_dir`) and every other folder a command may remove
+    (finetune's resume state): symlinks are resolved on both sides. Returns ``path`` resolved.
+    """
+    real = _real(Path(path).expanduser())
+    for item in protect:
+        source = _real(Path(item).expanduser())
+        if real == source:
+            raise SurgeryError(f"{what} {path} is {inputs}; choose another {choose}")
+        if source.is_relative_to(real):
+            raise SurgeryError(f"{what} {path} contains {inputs} {item}; choose another {choose}")
+        if real.is_relative_to(source):
+            raise SurgeryError(f"{what} {path} is inside {inputs} {item}; choose another {choose}")
     return real
 
 

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from surgery.errors import SurgeryError
+from surgery.fileio import path_is
 from surgery.plan.limits import MAX_EXECUTED_STEPS, MAX_LAYER_INDEX, MAX_LOOPS, MAX_PLAN_BYTES, MAX_SEED
-from surgery.plan.yaml_loader import parse_yaml_text, path_is, read_plan_file
+from surgery.plan.yaml_loader import parse_yaml_text, read_plan_file
 
 if TYPE_CHECKING:  # the pydantic schema costs ~60 ms to build: imported only when a YAML plan is parsed
     from surgery.plan import schema

@@ -86,9 +86,13 @@ def parse_yaml_text(text: str, source: str) -> Any:
 def read_plan_file(plan: str) -> str:
     """Read a plan file as UTF-8 text, refusing directories, oversized files and binary content."""
     path = Path(plan)
-    if path.is_dir():
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte, a symlink loop, ...
+        raise SurgeryError(f"cannot read plan file {plan[:200]!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    if is_dir:
         raise SurgeryError(f"plan path {plan} is a directory, not a plan file")
-    if not path.is_file():
+    if not is_file:
         raise SurgeryError(f"plan file not found: {plan}")
     try:
         size = path.stat().st_size

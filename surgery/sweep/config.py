@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from surgery.config import CommandConfig, Limit
+from surgery.config import CommandConfig, Limit, Seed
 
 
 class SweepConfig(CommandConfig):
@@ -25,7 +25,7 @@ class SweepConfig(CommandConfig):
     batch_size: int = Field(default=8, ge=1)
     max_gen_toks: int | None = Field(default=None, ge=1)
     bootstrap_iters: int = Field(default=0, ge=0)  # stderrs here are binomial; lm-eval's bootstrap is optional
-    seed: int | None = None
+    seed: Seed | None = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str | None = None
     executor: Literal["local", "ray"] = "local"

@@ -134,9 +134,11 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
 
 def read_manifest(out_dir: Path) -> dict[str, Any]:
     """``OUT/sweep.json``; one error line when OUT is not a sweep run directory."""
+    from surgery.fileio import path_is
+
     path = Path(out_dir) / MANIFEST
-    if not Path(out_dir).is_dir():
-        raise SurgeryError(f"no such run directory: {out_dir}")
+    if not path_is(Path.is_dir, str(out_dir)):  # a name too long to exist included
+        raise SurgeryError(f"no such run directory: {str(out_dir)[:200]}")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -119,8 +119,12 @@ def check(config: SweepConfig) -> SweepPlan:
         require_extra("ray", "sweep --executor ray")
     elif config.address is not None:
         raise SurgeryError("--address joins a Ray cluster; it needs --executor ray")
-    if config.out_dir.exists() and not config.out_dir.is_dir():
-        raise SurgeryError(f"--out {config.out_dir} exists and is not a directory")
+    from surgery.evaluation.run import resolve_device
+    from surgery.io.output_dir import check_creatable
+
+    check_creatable(config.out_dir, "--out", beside=False)  # a run directory, written in place (resumable)
+    if config.executor == "local" and config.device is not None:  # Ray workers' devices are on their machines
+        resolve_device(config.device)
     ref, model_config, _ = check_loadable(
         config.model,
         revision=config.revision,
