@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from surgery.bench.config import BenchConfig
+from surgery.bench.decode import LOOP_GENERATE, LOOP_ORT, LOOP_STATIC
 from surgery.bench.report import table
 from surgery.bench.run import add_ratios, run_bench
 from surgery.bench.schema import BenchPayload
@@ -16,6 +17,7 @@ from surgery.bench.weights import bytes_read_per_token
 from surgery.cli import main as cli
 from surgery.exporters.onnx.config import ExportConfig
 from surgery.exporters.onnx.export import export_onnx
+from surgery.exporters.onnx.record import export_source
 from surgery.materialize import ApplyOptions, apply_plan
 
 FAST = {"prompt_len": 8, "new_tokens": 4, "repeats": 1, "warmup": 0, "threads": 1}
@@ -91,8 +93,20 @@ def test_torch_and_onnxruntime_run_or_say_why(variants, tmp_path):
     )
     # an ONNX export is measured against the bytes of the checkpoint its export.json names
     assert by_key[(models[4], "onnxruntime")]["ratio_weight_bytes"] == pytest.approx(skip["ratio_weight_bytes"])
+    assert by_key[(models[4], "onnxruntime")]["ratio_steps"] == skip["ratio_steps"] == 5 / 8
+    assert by_key[(models[2], "torch")]["sequential_steps"] == 6  # parallel:2-4 runs fused: one step
+    assert {r.get("decode_loop") for r in payload["results"] if "skipped" not in r} == {LOOP_GENERATE, LOOP_ORT}
     assert payload["machine"]["threads"] == 1 and "torch" in payload["machine"]["versions"]
     assert "| skip | torch |" in table(payload) and "Not applicable" in table(payload)
+
+
+def test_export_records_its_checkpoint_relative_to_itself_with_a_fingerprint(variants):
+    """The exporter's record: the checkpoint's path from the export folder, and its fingerprint, which matches."""
+    _, root = variants
+    record = json.loads((root / "onnx-skip" / "export.json").read_text())["source_checkpoint"]
+    assert record["path"] == "../skip" and record["identity"].startswith("sha256:")
+    source = export_source(root / "onnx-skip")
+    assert source.path == root / "onnx-skip" / ".." / "skip" and source.verified_by == "identity"
 
 
 def test_cli_writes_json_table_and_plot(variants, tmp_path):
@@ -135,3 +149,5 @@ def test_torch_compile_runs_or_says_why(variants, tmp_path):
         assert "skipped" not in result or result["skipped"].startswith("failed: "), result
         if "skipped" not in result:
             assert result["decode_ms_per_token"]["median"] > 0
+            assert result["decode_loop"] == LOOP_STATIC and result["compile_mode"] == "default"
+            assert result["tokens_equal_generate"] is True

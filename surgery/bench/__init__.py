@@ -3,7 +3,9 @@
 * :mod:`~surgery.bench.config`: :class:`BenchConfig`;
 * :mod:`~surgery.bench.measure`: one model x one backend, run in its own process (its own threads, its own
   peak memory): prefill latency, decode latency per token with the KV cache, tokens/s;
-* :mod:`~surgery.bench.weights`: the physical bound beside the figures: weight bytes read per decoded token;
+* :mod:`~surgery.bench.decode`: the lean static-cache decode loop of ``--backend torch-compile``;
+* :mod:`~surgery.bench.weights`: the physical bounds beside the figures: weight bytes read and sequential steps
+  per decoded token;
 * :mod:`~surgery.bench.run`: the entry point (every model x backend, ratios, machine record);
 * :mod:`~surgery.bench.report`: ``bench.json``, a markdown table and a PNG;
 * :mod:`~surgery.bench.cli`: the thin command.

@@ -16,7 +16,8 @@ from surgery.cli_options import trust_remote_code_option
     "backends",
     default="torch",
     show_default=True,
-    help="Comma-separated: torch (eager), torch-compile (static cache + torch.compile), onnxruntime (ONNX folders).",
+    help="Comma-separated: torch (eager generate), torch-compile (static-cache loop, compiled step), "
+    "onnxruntime (ONNX folders).",
 )
 @click.option("--prompt-len", default=128, show_default=True, type=int)
 @click.option("--new-tokens", default=64, show_default=True, type=int)
@@ -35,7 +36,9 @@ def bench(
 
     MODEL is a checkpoint folder (torch backends) or an ONNX export (onnxruntime). Each model x backend runs in
     its own process; a backend that cannot run a model is reported with the reason. Writes OUT/bench.json,
-    OUT/bench.md and OUT/bench.png; the headline is each variant's ratio to the first model on the same backend.
+    OUT/bench.md and OUT/bench.png; the headline is each variant's ratio to the first model on the same backend,
+    beside two bounds: weight bytes and sequential steps per token. Everything is checked before anything is
+    timed; until the run completes, OUT/bench.partial.json keeps what was measured.
     """
     from surgery.bench.config import BenchConfig
     from surgery.config import config_from_options

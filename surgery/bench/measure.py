@@ -2,11 +2,16 @@
 
 Run as ``python -m surgery.bench.measure '<json settings>'``; prints one JSON object. A process per
 measurement gives each its own thread pool, compile caches and peak memory (``ru_maxrss``), so measurements
-cannot disturb each other. Timing: ``generate`` with greedy decoding of exactly ``new_tokens`` tokens and a
-streamer that timestamps every token: prefill = start of ``generate`` to the first new token (the prompt's
-forward pass and the first sampling step); decode = the median interval between later tokens (one forward
-with the KV cache each). The prompt is seeded random token ids of length ``prompt_len`` (content does not
-change the work done).
+cannot disturb each other. The prompt is seeded random token ids of length ``prompt_len`` (content does not
+change the work done). Two decode loops (recorded per result as ``decode_loop``):
+
+* ``torch`` and ``onnxruntime``: ``generate`` with greedy decoding of exactly ``new_tokens`` tokens and a
+  streamer that timestamps every token: prefill = start of ``generate`` to the first new token (the prompt's
+  forward pass and the first sampling step); decode = the median interval between later tokens (one forward
+  with the KV cache each).
+* ``torch-compile``: the lean static-cache loop of :mod:`surgery.bench.decode` (prefill once, then one compiled
+  forward + argmax per token, no ``generate``): prefill = the prompt's forward and argmax; decode = the loop's
+  time over its ``new_tokens - 1`` steps (one synchronization at its end, none per token).
 """
 
 from __future__ import annotations
@@ -42,7 +47,6 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 def _load(settings: dict[str, Any]):
     """``(model, reason)``: the model for the backend, or None and why it cannot run here."""
-    import torch
 
     model_dir, backend, device = Path(settings["model"]), settings["backend"], settings["device"]
     if backend == "onnxruntime":
@@ -66,10 +70,6 @@ def _load(settings: dict[str, Any]):
 
     model = load_model(str(model_dir), dtype=settings["dtype"], trust_remote_code=settings["trust_remote_code"])
     model.to(device)
-    if backend == "torch-compile":
-        model.generation_config.cache_implementation = "static"
-        mode = "reduce-overhead" if device == "cuda" else None  # CUDA graphs on a GPU
-        model.forward = torch.compile(model.forward, mode=mode)
     return model, None
 
 
@@ -85,41 +85,22 @@ def measure(settings: dict[str, Any]) -> dict[str, Any]:
     vocab = int(model.config.vocab_size)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (settings["batch"], settings["prompt_len"]), generator=generator)
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if settings["backend"] != "onnxruntime":
-        inputs = {key: value.to(device) for key, value in inputs.items()}
-    new = settings["new_tokens"]
-    options = {"max_new_tokens": new, "min_new_tokens": new, "do_sample": False, "pad_token_id": 0}
-    prefill, decode, totals = [], [], []
-
-    def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
-
+        ids = ids.to(device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode():
-        for round_index in range(settings["warmup"] + settings["repeats"]):
-            streamer = TimingStreamer()
-            sync()
-            started = time.perf_counter()
-            model.generate(**inputs, streamer=streamer, **options)
-            sync()
-            finished = time.perf_counter()
-            if round_index < settings["warmup"]:
-                continue
-            stamps = streamer.times[1:]  # times[0]: the prompt, put before any computation
-            if len(stamps) != new:
-                raise RuntimeError(f"expected {new} tokens, the streamer saw {len(stamps)}")
-            prefill.append((stamps[0] - started) * 1e3)
-            decode.append(statistics.median(b - a for a, b in zip(stamps, stamps[1:])) * 1e3)
-            totals.append(finished - started)
+        if settings["backend"] == "torch-compile":
+            timings, extra = _static_loop(model, ids, settings)
+        else:
+            timings, extra = _generate_loop(model, ids, settings)
     memory = (
         torch.cuda.max_memory_allocated() / 1e6
         if device == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # Linux: kilobytes
     )
-    tokens = settings["batch"] * new
+    prefill, decode, totals = timings
+    tokens = settings["batch"] * settings["new_tokens"]
     return {
         "prefill_ms": _spread(prefill),
         "decode_ms_per_token": _spread(decode),
@@ -127,7 +108,76 @@ def measure(settings: dict[str, Any]) -> dict[str, Any]:
         "peak_memory_mb": round(memory, 1),
         "memory_kind": "torch.cuda.max_memory_allocated" if device == "cuda" else "process peak RSS",
         "provider": settings.get("provider"),
+        **extra,
     }
+
+
+Timings = tuple[list[float], list[float], list[float]]  # prefill ms, decode ms/token, total s; one per repeat
+
+
+def _generate_loop(model, ids, settings: dict[str, Any]) -> tuple[Timings, dict[str, Any]]:
+    """``generate`` with a token-timestamping streamer (torch eager, ONNX Runtime)."""
+    import torch
+
+    from surgery.bench.decode import LOOP_GENERATE, LOOP_ORT
+
+    new = settings["new_tokens"]
+    options = {"max_new_tokens": new, "min_new_tokens": new, "do_sample": False, "pad_token_id": 0}
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    prefill, decode, totals = [], [], []
+    for round_index in range(settings["warmup"] + settings["repeats"]):
+        streamer = TimingStreamer()
+        _sync(settings["device"])
+        started = time.perf_counter()
+        model.generate(**inputs, streamer=streamer, **options)
+        _sync(settings["device"])
+        finished = time.perf_counter()
+        if round_index < settings["warmup"]:
+            continue
+        stamps = streamer.times[1:]  # times[0]: the prompt, put before any computation
+        if len(stamps) != new:
+            raise RuntimeError(f"expected {new} tokens, the streamer saw {len(stamps)}")
+        prefill.append((stamps[0] - started) * 1e3)
+        decode.append(statistics.median(b - a for a, b in zip(stamps, stamps[1:])) * 1e3)
+        totals.append(finished - started)
+    loop = LOOP_ORT if settings["backend"] == "onnxruntime" else LOOP_GENERATE
+    return (prefill, decode, totals), {"decode_loop": loop}
+
+
+def _static_loop(model, ids, settings: dict[str, Any]) -> tuple[Timings, dict[str, Any]]:
+    """The lean static-cache loop (:mod:`surgery.bench.decode`); its tokens are checked against eager ``generate``."""
+    import torch
+
+    from surgery.bench.decode import LOOP_STATIC, StaticDecoder
+
+    new = settings["new_tokens"]
+    decoder = StaticDecoder(model, batch=ids.shape[0], max_len=ids.shape[1] + new, device=settings["device"])
+    prefill, decode, totals = [], [], []
+    tokens = None
+    for round_index in range(settings["warmup"] + settings["repeats"]):
+        timed = decoder.generate(ids, new)
+        tokens = timed.tokens
+        if round_index < settings["warmup"]:
+            continue
+        prefill.append(timed.prefill_s * 1e3)
+        decode.append(timed.decode_s / (new - 1) * 1e3)
+        totals.append(timed.prefill_s + timed.decode_s)
+    options = {"max_new_tokens": new, "min_new_tokens": new, "do_sample": False, "pad_token_id": 0}
+    reference = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **options)[:, ids.shape[1] :]
+    extra = {
+        "decode_loop": LOOP_STATIC,
+        "compile_mode": decoder.mode or "default",
+        # compiled kernels may round differently from eager ones: recorded, not required
+        "tokens_equal_generate": bool(tokens is not None and torch.equal(tokens.cpu(), reference.cpu())),
+    }
+    return (prefill, decode, totals), extra
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def main() -> None:

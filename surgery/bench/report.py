@@ -1,4 +1,9 @@
-"""The files of a ``surgery bench`` run: ``bench.json`` (the payload), ``bench.md`` (a table), ``bench.png``."""
+"""The files of a ``surgery bench`` run: ``bench.json`` (the payload), ``bench.md`` (a table), ``bench.png``.
+
+While a run measures, ``bench.partial.json`` holds the results so far (``"partial": "k of n measured"``); the
+complete files replace it at the end, so a failed or interrupted run keeps what it measured and no file that
+looks complete is written before the run is.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Any
 from surgery.fileio import atomic_write_json, atomic_write_text
 
 FILES = {"json": "bench.json", "table": "bench.md", "plot": "bench.png"}
+PARTIAL = "bench.partial.json"
 
 
 def _ratio(value: float | None) -> str:
@@ -15,7 +21,7 @@ def _ratio(value: float | None) -> str:
 
 
 def table(payload: dict[str, Any]) -> str:
-    """Markdown: one row per model x backend, ratios to the first model on the same backend."""
+    """Markdown: one row per model x backend, ratios to the first model on the same backend, beside the bounds."""
     rows = []
     not_applicable = []
     for result in payload["results"]:
@@ -23,9 +29,9 @@ def table(payload: dict[str, Any]) -> str:
         if result.get("skipped", "").startswith("n/a: "):
             not_applicable.append(f"{name} on {result['backend']}")
             continue
-        bound = _ratio(result.get("ratio_weight_bytes"))
+        bound = [_ratio(result.get("ratio_weight_bytes")), _ratio(result.get("ratio_steps"))]
         if "skipped" in result:
-            rows.append([name, result["backend"], "-", "-", "-", "-", "-", bound, result["skipped"]])
+            rows.append([name, result["backend"], "-", "-", "-", "-", "-", *bound, result["skipped"]])
             continue
         rows.append(
             [
@@ -36,7 +42,7 @@ def table(payload: dict[str, Any]) -> str:
                 f"{result['tokens_per_s']:.1f}",
                 _ratio(result.get("ratio_prefill")),
                 _ratio(result.get("ratio_decode")),
-                bound,
+                *bound,
                 f"{result['peak_memory_mb']:.0f} MB",
             ]
         )
@@ -49,13 +55,30 @@ def table(payload: dict[str, Any]) -> str:
         "prefill ratio",
         "decode ratio",
         "weight bytes ratio",
+        "steps ratio",
         "peak memory / note",
     ]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    if not_applicable:
-        lines += ["", f"Not applicable (checkpoint vs ONNX folder): {', '.join(not_applicable)}."]
+    lines += _notes(payload["results"], not_applicable)
     return "\n".join(lines)
+
+
+def _notes(results: list[dict[str, Any]], not_applicable: list[str]) -> list[str]:
+    """The lines under the table: bounds explained, decode loop per backend, missing bounds, n/a models."""
+    lines = [
+        "",
+        "Bounds per decoded token, as ratios to the first model: weight bytes read (what bandwidth-bound decode "
+        "follows) and sequential steps (what launch-bound decode follows; a fused parallel block is one step).",
+    ]
+    loops = {r["backend"]: r["decode_loop"] for r in results if r.get("decode_loop")}
+    if loops:
+        lines.append("Decode loop: " + "; ".join(f"{backend}: {loop}" for backend, loop in loops.items()) + ".")
+    missing = {Path(r["model"]).name: r["bound_note"] for r in results if r.get("bound_note")}
+    lines += [f"{name}: {note}." for name, note in missing.items()]
+    if not_applicable:
+        lines.append(f"Not applicable (checkpoint vs ONNX folder): {', '.join(not_applicable)}.")
+    return lines
 
 
 def plot(payload: dict[str, Any], path: Path) -> bool:
@@ -109,8 +132,14 @@ def plot(payload: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def write_partial(payload: dict[str, Any], out_dir: Path, total: int) -> None:
+    """``bench.partial.json``: the results measured so far, marked partial (see the module docstring)."""
+    done = len(payload["results"])
+    atomic_write_json(Path(out_dir) / PARTIAL, {"partial": f"{done} of {total} measured", **payload})
+
+
 def write_report(payload: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Write the three files; returns the paths written."""
+    """Write the three files, then remove ``bench.partial.json``; returns the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / FILES["json"], payload)
     info = payload["machine"]
@@ -124,4 +153,5 @@ def write_report(payload: dict[str, Any], out_dir: Path) -> list[Path]:
     written = [out_dir / FILES["json"], out_dir / FILES["table"]]
     if plot(payload, out_dir / FILES["plot"]):
         written.append(out_dir / FILES["plot"])
+    (out_dir / PARTIAL).unlink(missing_ok=True)
     return written

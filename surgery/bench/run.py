@@ -16,8 +16,13 @@ from surgery.bench.config import BenchConfig
 from surgery.errors import SurgeryError
 
 
-def check(config: BenchConfig) -> None:
-    """Refuse what can be refused before any measurement: missing models, model code without consent."""
+def check(config: BenchConfig) -> dict[str, dict[str, Any]]:
+    """Refuse what can be refused before any measurement, and return each model's bounds (:func:`bounds`).
+
+    Missing models, model code without consent, a malformed ``export.json`` or safetensors header, an ``--out``
+    that names a file or an unwritable place: one error, before anything is timed.
+    """
+    from surgery.bench.weights import bounds
     from surgery.io.loading import check_loadable
     from surgery.io.model_ref import ModelRef
 
@@ -27,6 +32,7 @@ def check(config: BenchConfig) -> None:
             raise SurgeryError(f"{model}: bench measures local folders (a checkpoint, or an ONNX export)")
         if not (ref.path / "model.onnx").is_file():
             check_loadable(ref, trust_remote_code=config.trust_remote_code)
+    check_out_dir(config.out_dir)
     if "onnxruntime" in config.backends:
         from surgery.extras import require_extra
 
@@ -36,6 +42,21 @@ def check(config: BenchConfig) -> None:
 
         if not torch.cuda.is_available():
             raise SurgeryError("--device cuda: no CUDA device is available")
+    return {model: bounds(Path(model)) for model in dict.fromkeys(config.models)}
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """``--out`` must be a directory this run can create or write its files in."""
+    from surgery.bench.report import FILES, PARTIAL
+    from surgery.fileio import check_writable_file
+
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise SurgeryError(f"--out {out_dir} is a broken symbolic link")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SurgeryError(f"--out {out_dir} is a file; give a directory")
+    for name in (*FILES.values(), PARTIAL):
+        check_writable_file(out_dir / name, "--out")
 
 
 def machine(config: BenchConfig, threads: int) -> dict[str, Any]:
@@ -121,38 +142,47 @@ def add_ratios(results: list[dict[str, Any]]) -> None:
         base = first.setdefault(result["backend"], result)
         for key, metric in (("ratio_prefill", "prefill_ms"), ("ratio_decode", "decode_ms_per_token")):
             result[key] = result[metric]["median"] / base[metric]["median"]
-        if result.get("weight_bytes_per_token") and base.get("weight_bytes_per_token"):
-            result["ratio_weight_bytes"] = result["weight_bytes_per_token"] / base["weight_bytes_per_token"]
+        for key, metric in (("ratio_weight_bytes", "weight_bytes_per_token"), ("ratio_steps", "sequential_steps")):
+            if result.get(metric) and base.get(metric):
+                result[key] = result[metric] / base[metric]
+
+
+METHOD = (
+    "torch and onnxruntime: greedy generate() of new_tokens tokens, a timestamp per token; prefill = to the first "
+    "new token, decode = median interval between later tokens. torch-compile: the static-cache loop "
+    "(surgery.bench.decode): prefill = the prompt's forward and argmax, decode = the compiled one-token loop's time / "
+    "(new_tokens - 1). Median/min/max over repeats after warm-up; one process per measurement. Bounds: "
+    "weight bytes read and sequential steps per decoded token, as ratios to the first model"
+)
 
 
 def run_bench(config: BenchConfig, *, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Measure every model x backend and return the ``bench.json`` payload (not yet written)."""
-    check(config)
-    from surgery.bench.weights import bytes_read_per_token, checkpoint_of
+    """Measure every model x backend and return the ``bench.json`` payload (written by the caller).
 
+    Everything is validated first (:func:`check`). While measuring, ``OUT/bench.partial.json`` holds what is
+    measured so far (marked partial), so a run that fails or is interrupted keeps its measurements.
+    """
+    from surgery.bench.report import write_partial
+
+    model_bounds = check(config)
     threads = config.threads or os.cpu_count() or 1
-    results = []
+    payload = {
+        "machine": machine(config, threads),
+        "settings": config.record(),
+        "method": METHOD,
+        "results": [],
+    }
+    results = payload["results"]
     total = len(config.models) * len(config.backends)
     for backend in config.backends:
         for model in config.models:
             reason = not_applicable(model, backend)
             measured = {"skipped": reason} if reason else _measure_in_subprocess(model, backend, config, threads)
-            result = {"model": model, "backend": backend, **measured}
-            source = checkpoint_of(model)
-            if source is not None:
-                result["weight_bytes_per_token"] = bytes_read_per_token(source)
-            results.append(result)
+            results.append({"model": model, "backend": backend, **measured, **model_bounds[model]})
+            write_partial(payload, config.out_dir, total)
             if progress is not None:
-                progress(_line(len(results), total, result))
+                progress(_line(len(results), total, results[-1]))
     add_ratios(results)
-    payload = {
-        "machine": machine(config, threads),
-        "settings": config.record(),
-        "method": "greedy generate() of new_tokens tokens, a timestamp per token; prefill = to the first new token, "
-        "decode = median interval between later tokens; median/min/max over repeats after warm-up; "
-        "one process per measurement",
-        "results": results,
-    }
     from surgery.bench.schema import BenchPayload
 
     BenchPayload.model_validate(payload)  # what we write is what readers (the model card) validate against

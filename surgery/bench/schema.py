@@ -28,6 +28,12 @@ class BenchResult(BaseModel):
     ratio_decode: float | None = None
     weight_bytes_per_token: int | None = None
     ratio_weight_bytes: float | None = None
+    sequential_steps: int | None = None  # layer steps per token (a fused parallel block: one)
+    ratio_steps: float | None = None
+    bound_note: str | None = None  # why the bounds are missing (e.g. an export's checkpoint not found)
+    decode_loop: str | None = None  # generate(), or the static-cache loop (torch-compile)
+    compile_mode: str | None = None  # static-cache loop: torch.compile mode ("reduce-overhead" on a GPU)
+    tokens_equal_generate: bool | None = None  # static-cache loop: its greedy tokens are eager generate()'s
     skipped: str | None = None
 
 
