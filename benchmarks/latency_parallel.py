@@ -21,6 +21,15 @@ medians; ratios are to ``full`` in the same run. Writes ``OUT/latency_parallel.j
     python benchmarks/latency_parallel.py --device cuda --dtype bfloat16 --shapes 7b,1b --compile 1b
     python benchmarks/latency_parallel.py --device cpu --shapes smollm2     # the CPU report
     python benchmarks/latency_parallel.py --device cpu --shapes tiny --repeats 1 --compile tiny   # smoke
+
+``--cpu-tiny``: the wrapper's per-step overhead without a GPU (issue 24). A tiny Llama (8 layers, hidden 64) on one
+CPU thread, fp32, is dominated by per-step Python, as eager decode on a fast GPU is. Plain class against
+``identity`` (and ``skip``, fused ``parallel``) through ``SurgeryForCausalLM``: greedy ``generate`` of
+``--new-tokens`` tokens with a streamer that stamps each token (wall clock and this thread's CPU time); a round's
+decode time is the median interval between tokens; rounds interleaved (order reversed every other round); medians
+over rounds, ratios to the plain class, per-round ratio spread. Writes ``OUT/cpu_tiny/latency_cpu_tiny.{json,md}``.
+
+    python benchmarks/latency_parallel.py --cpu-tiny --repeats 15 --new-tokens 64
 """
 
 from __future__ import annotations
@@ -196,6 +205,113 @@ def executed_layers(model) -> tuple[int, int]:
     return model.config.num_hidden_layers, model.config.num_hidden_layers
 
 
+class StampStreamer:
+    """A ``generate`` streamer that records when each token (first: the prompt) arrives: wall and thread CPU."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def put(self, value) -> None:  # noqa: ARG002 - the streamer protocol
+        self.wall.append(time.perf_counter())
+        self.cpu.append(time.thread_time())
+
+    def end(self) -> None:
+        pass
+
+
+def cpu_tiny(args: argparse.Namespace, machine: dict) -> dict:
+    """Per-step overhead of the surgery class on the tiny shape, one CPU thread (see the module docstring)."""
+    torch.set_num_threads(1)
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.is_file() else ""
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    machine = machine | {
+        "device": names[0] if names else platform.processor() or platform.machine(),
+        "cpus": len(names) or None,
+        "threads": torch.get_num_threads(),
+    }
+    torch.manual_seed(0)
+    full = build_full("tiny", "cpu", torch.float32)
+    layers = full.config.num_hidden_layers
+    kept = [index for index in range(layers) if index not in range(3, 6)]
+    chosen = [
+        Variant("full", full),
+        Variant("surgery-identity", build_surgery(full, [[index] for index in range(layers)])),
+        Variant("skip-plain", build_plain_skip(full, kept)),
+        Variant("skip-surgery", build_surgery(full, [[index] for index in kept])),
+        Variant("parallel", build_surgery(full, [[0], [1], [2], [3, 4, 5], [6], [7]])),
+    ]
+    ids = torch.randint(1, full.config.vocab_size, (1, args.prompt_len))  # no pad id (0): no padding mask
+    options = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False}
+    series: dict[str, dict[str, list[float]]] = {v.name: {"wall": [], "cpu": []} for v in chosen}
+
+    def decode(variant: Variant) -> tuple[float, float]:
+        streamer = StampStreamer()
+        variant.model.generate(ids, streamer=streamer, pad_token_id=0, **options)
+        walls, cpus = streamer.wall[2:], streamer.cpu[2:]  # [0]: prompt, [1]: first token (prefill)
+        wall = statistics.median(b - a for a, b in zip(walls, walls[1:]))
+        cpu = statistics.median(b - a for a, b in zip(cpus, cpus[1:]))
+        return wall * 1e3, cpu * 1e3
+
+    with torch.inference_mode():
+        for variant in chosen:
+            decode(variant)
+        for round_index in range(args.repeats):
+            for variant in chosen if round_index % 2 == 0 else chosen[::-1]:
+                wall, cpu = decode(variant)
+                series[variant.name]["wall"].append(wall)
+                series[variant.name]["cpu"].append(cpu)
+    rows = {}
+    base = series["full"]
+    for name, values in series.items():
+        row = {}
+        for clock in ("wall", "cpu"):
+            ratios = sorted(value / reference for value, reference in zip(values[clock], base[clock]))
+            row[clock] = {
+                "decode_ms_per_token": round(statistics.median(values[clock]), 4),
+                "ratio_of_medians": round(statistics.median(values[clock]) / statistics.median(base[clock]), 4),
+                "round_ratio_median": round(statistics.median(ratios), 4),
+                "round_ratio_quartiles": [round(q, 4) for q in _quartiles(ratios)],
+                "round_ratio_min_max": [round(ratios[0], 4), round(ratios[-1], 4)],
+            }
+        rows[name] = row
+    return {"machine": machine, "settings": vars(args) | {"out": str(args.out)}, "variants": rows, "raw": series}
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    quartiles = statistics.quantiles(values, n=4)
+    return quartiles[0], quartiles[2]
+
+
+def render_cpu_tiny(report: dict) -> str:
+    """Markdown table of the ``--cpu-tiny`` report."""
+    machine, settings = report["machine"], report["settings"]
+    lines = [
+        f"Machine: {machine['device']} (1 thread), torch {machine['torch']}, "
+        f"transformers {machine['transformers']}, python {machine['python']}; tiny Llama (8 layers, hidden 64), "
+        f"fp32, batch 1, prompt {settings['prompt_len']}, {settings['new_tokens']} new tokens; "
+        f"{settings['repeats']} interleaved rounds.",
+        "Command: `python benchmarks/latency_parallel.py --cpu-tiny --repeats "
+        f"{settings['repeats']} --new-tokens {settings['new_tokens']} --prompt-len {settings['prompt_len']}`",
+        "",
+        "| variant | decode ms/token (wall) | × full (median of rounds) | round ratio IQR | min-max "
+        "| decode ms/token (CPU) | × full (CPU) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in report["variants"].items():
+        wall, cpu = row["wall"], row["cpu"]
+        low, high = wall["round_ratio_quartiles"]
+        least, most = wall["round_ratio_min_max"]
+        lines.append(
+            f"| {name} | {wall['decode_ms_per_token']:.3f} | {wall['round_ratio_median']:.3f} | {low:.3f}-{high:.3f} "
+            f"| {least:.3f}-{most:.3f} | {cpu['decode_ms_per_token']:.3f} | {cpu['round_ratio_median']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -208,6 +324,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--variants", default="", help="Comma-separated subset of the variants (default: all).")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latency_parallel"))
+    parser.add_argument("--cpu-tiny", action="store_true", help="The wrapper's per-step overhead on one CPU thread.")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -225,6 +342,14 @@ def main() -> None:
         "transformers": __import__("transformers").__version__,
         "python": platform.python_version(),
     }
+    if args.cpu_tiny:
+        report = cpu_tiny(args, machine)
+        out = args.out / "cpu_tiny"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "latency_cpu_tiny.json").write_text(json.dumps(report, indent=1) + "\n")
+        (out / "latency_cpu_tiny.md").write_text(render_cpu_tiny(report))
+        print(render_cpu_tiny(report))
+        return
     report = {"machine": machine, "settings": vars(args) | {"out": str(args.out)}, "shapes": {}}
     for shape in args.shapes.split(","):
         torch.manual_seed(0)

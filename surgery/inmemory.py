@@ -82,6 +82,7 @@ def planned(
     finally:
         if watch is not None:
             watch.remove()
+        execution_list.release()  # the layers' own layer_idx back
         setattr(parent, attribute, layers)
         config.num_hidden_layers = saved["num_hidden_layers"]
         if layer_types is not None:

@@ -146,6 +146,132 @@ def test_stacked_weights_follow_weight_changes(models):
             weight.copy_(saved)
 
 
+def _replace_parameter(layer: nn.Module) -> None:
+    layer.mlp.up_proj.weight = nn.Parameter(layer.mlp.up_proj.weight.detach() * 3.0)
+
+
+def _write_parameters_dict(layer: nn.Module) -> None:  # as accelerate's set_module_tensor_to_device does
+    layer.mlp.up_proj._parameters["weight"] = nn.Parameter(layer.mlp.up_proj.weight.detach() * 3.0)
+
+
+def _replace_linear(layer: nn.Module) -> None:
+    old = layer.mlp.up_proj
+    new = nn.Linear(old.in_features, old.out_features, bias=False)
+    with torch.no_grad():
+        new.weight.copy_(old.weight * 3.0)
+    layer.mlp.up_proj = new
+
+
+def _swap_data(layer: nn.Module) -> None:  # what Module.to() does to each parameter
+    layer.mlp.up_proj.weight.data = layer.mlp.up_proj.weight.data * 3.0
+
+
+def _cast_and_back(layer: nn.Module) -> None:  # new storage, possibly at the freed address
+    layer.mlp.up_proj.weight.data = (layer.mlp.up_proj.weight.data * 3.0).double().float()
+
+
+@pytest.mark.parametrize(
+    "change", [_replace_parameter, _write_parameters_dict, _replace_linear, _swap_data, _cast_and_back]
+)
+def test_stacked_weights_follow_replaced_weights(change, one_thread):
+    """Hostile: a member's weight replaced between forwards in every way a library does it; the fused block
+    (checked once per forward, not per call) computes with the new weight, as the unfused block does."""
+    model, ids = build_tiny("llama"), _ids()
+    member = model.model.layers[3]  # stored layer 3 (inside the plan, index 3 is the fourth executed step)
+    with planned(model, "parallel:2-5x2"):
+        before = _logits(model, ids)
+        change(member)
+        after = _logits(model, ids)
+        assert _execution(model).steps[2].fuse_now
+        _execution(model).fuse_parallel = False
+        unfused = _logits(model, ids)
+    assert (after - before).abs().max().item() > 1e-3
+    assert (after - unfused).abs().max().item() <= TOLERANCE
+
+
+def test_pruned_projection_runs_unfused(one_thread):
+    """Hostile: torch's pruning moves a weight out of ``_parameters`` (computed by a hook at each call): the
+    group runs unfused, with the pruned weight, instead of failing or using a stale copy."""
+    from torch.nn.utils import prune
+
+    model, ids = build_tiny("llama"), _ids()
+    member = model.model.layers[3]
+    with planned(model, "parallel:2-5"):
+        before = _logits(model, ids)
+        prune.l1_unstructured(member.mlp.up_proj, "weight", amount=0.5)
+        pruned = _logits(model, ids)
+        assert not _execution(model).steps[2].fuse_now
+        _execution(model).fuse_parallel = False
+        unfused = _logits(model, ids)
+    assert (pruned - before).abs().max().item() > 1e-3
+    assert (pruned - unfused).abs().max().item() <= TOLERANCE
+
+
+def test_fusion_is_decided_once_per_forward(models, monkeypatch, one_thread):
+    """The stacked copy's freshness and fusability are checked once per forward, however many steps share it."""
+    from surgery.modeling.fused_parallel import StackedWeights
+
+    calls = []
+    check = StackedWeights.check
+    monkeypatch.setattr(StackedWeights, "check", lambda self: calls.append(self) or check(self))
+    model = models["llama"]
+    with planned(model, "parallel:2-5x3"):
+        _logits(model, _ids())
+        assert len(calls) == 1  # three fused steps, one stacked copy, one check
+        with torch.no_grad():
+            model.generate(_ids(batch=1), max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
+        assert len(calls) == 1 + 4  # one per forward: prefill and 3 decode steps
+        model.zero_grad()
+        model(input_ids=_ids()).logits.sum().backward()  # training: unfused, nothing checked
+        assert len(calls) == 5 and not _execution(model).steps[2].fuse_now
+        model.zero_grad(set_to_none=True)
+
+
+def test_layers_in_their_own_slot_run_as_themselves(models):
+    """Identity steps yield the layer itself (nothing in between); a layer executed once elsewhere is pointed at
+    its slot for the plan's lifetime and given back its own index after; recording goes through the steps."""
+    model = models["llama"]
+    layers = list(model.model.layers)
+    with planned(model, "identity"):
+        assert list(model.model.layers) == layers and model.model.layers[:3] == layers[:3]
+        with _execution(model).recording(True):
+            assert [step.layers for step in model.model.layers] == [[layer] for layer in layers]
+    with planned(model, "skip:2-3,repeat:5-6@6"):  # executed: 0 1 4 6 6 7
+        runners = list(model.model.layers)
+        assert runners[:2] == layers[:2] and runners[2] is layers[4] and runners[5] is layers[7]
+        assert layers[4].self_attn.layer_idx == 2 and layers[7].self_attn.layer_idx == 5  # their slots
+        assert layers[6].self_attn.layer_idx == 6  # executed twice: switched per call (SlotRoute)
+        assert not isinstance(runners[3], nn.Module) and not isinstance(runners[4], nn.Module)
+        ids = _ids()
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(input_ids=ids, past_key_values=cache, use_cache=True)
+        assert len(cache.layers) == 6 and all(layer.keys.shape[-2] == ids.shape[1] for layer in cache.layers)
+    assert [layer.self_attn.layer_idx for layer in layers] == list(range(len(layers)))
+
+
+def test_surgery_class_forward_does_not_walk_modules(tiny_checkpoints, tmp_path, monkeypatch, one_thread):
+    """At inference the shipped class does no per-forward walk of its modules (is_gradient_checkpointing cost
+    11 % of a tiny model's decode step); in training it still disables the cache under checkpointing."""
+    from transformers import AutoModelForCausalLM
+
+    from surgery.materialize import apply_plan
+
+    apply_plan(str(tiny_checkpoints["llama"]), "parallel:2-5", tmp_path / "out")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True, dtype=torch.float32).eval()
+
+    def walk(self):
+        raise AssertionError("walked the modules at inference")
+
+    monkeypatch.setattr(type(model), "is_gradient_checkpointing", property(walk))
+    with torch.no_grad():
+        model.generate(_ids(batch=1), max_new_tokens=3, do_sample=False, pad_token_id=0)
+    monkeypatch.undo()
+    model.gradient_checkpointing_enable()
+    model.train()
+    assert model(input_ids=_ids(), use_cache=True).past_key_values is None
+
+
 def test_looped_block_shares_one_stacked_copy(models):
     model = models["llama"]
     with planned(model, "parallel:2-5x3,parallel:6-7"):

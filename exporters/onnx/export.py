@@ -24,8 +24,7 @@ from typing import Any
 from surgery import __version__
 from surgery.errors import SurgeryError
 from surgery.exporters.onnx.config import FP16_ATOL, FP16_RTOL, FP32_ATOL, FP32_RTOL, ExportConfig
-
-EXPORT_FILE = "export.json"
+from surgery.exporters.onnx.record import EXPORT_FILE  # defined with its reader
 
 
 def task_for(spec, model_config: dict[str, Any], cache: bool) -> str:
@@ -42,7 +41,7 @@ def check(config: ExportConfig):
     """Everything that can be refused before torch loads: the extra, the checkpoint, its code, OUT_DIR."""
     from surgery.architectures import arch_for_config
     from surgery.extras import require_extra
-    from surgery.io.loading import check_loadable
+    from surgery.io.loading import check_loadable, check_stored_layers
     from surgery.io.model_ref import ModelRef
     from surgery.io.output_dir import check_output_dir
 
@@ -55,6 +54,7 @@ def check(config: ExportConfig):
         )
     ref, model_config, trust = check_loadable(ref, trust_remote_code=config.trust_remote_code)
     spec = arch_for_config(model_config)
+    check_stored_layers(ref, model_config, spec)  # the layer check apply makes, before any weight loads
     check_output_dir(config.out_dir, overwrite=config.overwrite, protect=[ref.path] if ref.path else [])
     if config.device == "cuda":
         import torch
@@ -74,7 +74,11 @@ def _load(ref, model_config, spec, task: str, trust: bool, config: ExportConfig)
     auto = auto or (AutoModelForCausalLM if spec.generative else AutoModel)
     location, kwargs = ref.pretrained_args()
     dtype = torch.float16 if config.dtype == "fp16" else torch.float32
-    model = auto.from_pretrained(location, dtype=dtype, trust_remote_code=trust, **kwargs).eval().to(config.device)
+    # The surgery class exports unfused: fused parallel blocks would trace their stacked weight copies into the
+    # graph as constants beside the per-layer weights (twice the block's bytes), for no gain in ONNX Runtime.
+    unfused = {"surgery_fuse_parallel": False} if model_config.get("model_type") == "surgery" else {}
+    model = auto.from_pretrained(location, dtype=dtype, trust_remote_code=trust, **kwargs, **unfused)
+    model = model.eval().to(config.device)
     tokenizer = None
     if ref.path is None or any((ref.path / name).is_file() for name in TOKENIZER_FILES):
         kwargs.pop("use_safetensors", None)
@@ -138,6 +142,7 @@ def export_onnx(config: ExportConfig, *, log=None) -> dict[str, Any]:
     from optimum.exporters.onnx import onnx_export_from_model
 
     from surgery.exporters.onnx.parity import check_parity
+    from surgery.exporters.onnx.record import source_record
     from surgery.io.output_dir import staged_output
     from surgery.io.source import copy_side_files
     from surgery.provenance import Provenance
@@ -191,6 +196,7 @@ def export_onnx(config: ExportConfig, *, log=None) -> dict[str, Any]:
         record = {
             "surgery_version": __version__,
             "checkpoint": config.checkpoint,
+            "source_checkpoint": source_record(ref, model_config, config.out_dir),  # where + fingerprint (record.py)
             "task": task,
             "layout": "surgery class (exported as the source architecture)" if surgery_class else "source architecture",
             "model_type": json.loads((tmp / "config.json").read_text())["model_type"],

@@ -25,6 +25,37 @@ FUSABLE_LAYERS = {
 }
 
 
+# The projections of a fusable layer, by parent module.
+_LINEARS = (("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")), ("mlp", ("gate_proj", "up_proj", "down_proj")))
+
+
+def member_tensors(layers: list[nn.Module], qk_norm: bool) -> list[torch.Tensor] | None:
+    """Every weight and bias the fused computation reads, member by member; None if a projection is not a plain
+    ``nn.Linear`` (wrapped by LoRA, quantized) or a weight is not a plain parameter (pruned, parametrized: computed
+    at each call). Read from the modules' registries (``_modules``/``_parameters``), not through
+    ``nn.Module.__getattr__``: this runs once per forward, so a replaced module or parameter is seen."""
+    tensors = []
+    for layer in layers:
+        modules = layer._modules
+        attn = modules["self_attn"]._modules
+        norms = [modules["input_layernorm"], modules["post_attention_layernorm"]]
+        norms += [attn["q_norm"], attn["k_norm"]] if qk_norm else []
+        for parent, names in _LINEARS:
+            children = modules[parent]._modules
+            for name in names:
+                linear = children[name]
+                if type(linear) is not nn.Linear or linear._parameters.get("weight") is None:
+                    return None
+                tensors.append(linear._parameters["weight"])
+                if linear._parameters.get("bias") is not None:
+                    tensors.append(linear._parameters["bias"])
+        for norm in norms:
+            if norm._parameters.get("weight") is None:
+                return None
+            tensors.append(norm._parameters["weight"])
+    return tensors
+
+
 def fusable(layers: list[nn.Module]) -> bool:
     """Whether a parallel group can run fused: same Llama-family class, plain ``nn.Linear`` projections.
 
@@ -33,12 +64,7 @@ def fusable(layers: list[nn.Module]) -> bool:
     name = type(layers[0]).__name__
     if len(layers) < 2 or name not in FUSABLE_LAYERS or any(type(layer) is not type(layers[0]) for layer in layers):
         return False
-    for layer in layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        linears = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
-        if any(type(linear) is not nn.Linear for linear in linears):
-            return False
-    return True
+    return member_tensors(layers, FUSABLE_LAYERS[name]) is not None
 
 
 def _rms(hidden: torch.Tensor, eps: float) -> torch.Tensor:
@@ -68,8 +94,9 @@ def _linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 class StackedWeights:
     """The weights of a parallel group's members, stacked along a new first dimension (one copy per group).
 
-    Built on first use and rebuilt when a member's weights change (updated in place, moved or cast); steps
-    that run the same group (a looped parallel block) share one. q/k/v and gate/up are concatenated per member.
+    :meth:`check` runs once per forward (from :meth:`ExecutionList.prepare`), not per call: it rebuilds the copy
+    when a member's weights changed (updated in place, moved, cast or replaced). Steps that run the same group (a
+    looped parallel block) share one. q/k/v and gate/up are concatenated per member.
     """
 
     input_major = True  # store [M, in, out] (measured faster for Llama-7B decode); False: view of [M, out, in]
@@ -80,36 +107,22 @@ class StackedWeights:
         self._weights: dict[str, torch.Tensor | None] | None = None
         self._signature: tuple | None = None
 
-    def get(self) -> dict[str, torch.Tensor | None]:
-        """The stacked tensors (under ``torch.compile``: as built before compiling)."""
-        if self._weights is not None and torch.compiler.is_compiling():
-            return self._weights
-        signature = tuple((param.data_ptr(), param._version, param.dtype) for param in self._tensors())
+    def check(self) -> bool:
+        """Whether the group can still run fused; if so, make the stacked copy match the members' weights."""
+        tensors = member_tensors(self.layers, self.qk_norm)
+        if tensors is None:  # e.g. LoRA added after loading
+            return False
+        signature = tuple((tensor.data_ptr(), tensor._version, tensor.dtype) for tensor in tensors)
         if self._weights is None or signature != self._signature:
             self._weights = None  # free the old copy before building the new one
             self._weights, self._signature = self._stack(), signature
-        return self._weights
+        return True
 
-    def _tensors(self) -> list[torch.Tensor]:
-        tensors = []
-        for layer in self.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            for linear in (
-                attn.q_proj,
-                attn.k_proj,
-                attn.v_proj,
-                attn.o_proj,
-                mlp.gate_proj,
-                mlp.up_proj,
-                mlp.down_proj,
-            ):
-                tensors.append(linear.weight)
-                if linear.bias is not None:
-                    tensors.append(linear.bias)
-            tensors += [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
-            if self.qk_norm:
-                tensors += [attn.q_norm.weight, attn.k_norm.weight]
-        return tensors
+    def get(self) -> dict[str, torch.Tensor | None]:
+        """The stacked tensors as of the last :meth:`check` (built now if there was none)."""
+        if self._weights is None:
+            self.check()
+        return self._weights
 
     def _stack(self) -> dict[str, torch.Tensor | None]:
         attns = [layer.self_attn for layer in self.layers]
@@ -166,6 +179,16 @@ class FusedParallel:
         source = sys.modules[type(self.layers[0].self_attn).__module__]  # the architecture's own helpers
         self._eager_attention = source.eager_attention_forward
         self._apply_rotary = source.apply_rotary_pos_emb
+        # Read once: module attribute lookups cost more than the small kernels of a decode step.
+        first = self.layers[0]
+        self.attn = attn = first.self_attn
+        self.head_dim = attn.head_dim
+        self.q_size = attn.config.num_attention_heads * attn.head_dim
+        self.kv_size = attn.config.num_key_value_heads * attn.head_dim
+        self.eps = (first.input_layernorm.variance_epsilon, first.post_attention_layernorm.variance_epsilon)
+        self.qk_eps = (attn.q_norm.variance_epsilon, attn.k_norm.variance_epsilon) if stacked.qk_norm else None
+        self.act_fn = first.mlp.act_fn
+        self.sliding_window = getattr(attn, "sliding_window", getattr(attn.config, "sliding_window", None))
 
     def __call__(
         self,
@@ -177,22 +200,19 @@ class FusedParallel:
         **kwargs: Any,
     ) -> torch.Tensor:
         w = self.stacked.get()
-        first = self.layers[0]
-        attn = first.self_attn
-        members, (batch, length, width) = len(self.layers), hidden_states.shape
-        rows, head_dim = batch * length, attn.head_dim
-        q_size = attn.config.num_attention_heads * head_dim
-        kv_size = attn.config.num_key_value_heads * head_dim
+        attn, head_dim, q_size, kv_size = self.attn, self.head_dim, self.q_size, self.kv_size
+        members, (batch, length, width) = len(self.slots), hidden_states.shape
+        rows = batch * length
 
-        normed = _scaled_rms(hidden_states, first.input_layernorm.variance_epsilon, w["norm1"])  # [M, B, T, D]
+        normed = _scaled_rms(hidden_states, self.eps[0], w["norm1"])  # [M, B, T, D]
         qkv = _linear(normed.view(members, rows, width), w["qkv"], w["qkv_bias"])
         shape = (members, batch, length, -1, head_dim)
         query = qkv[..., :q_size].reshape(shape)
         key = qkv[..., q_size : q_size + kv_size].reshape(shape)
         value = qkv[..., q_size + kv_size :].reshape(shape)
-        if self.stacked.qk_norm:
-            query = _scaled_rms(query, attn.q_norm.variance_epsilon, w["q_norm"])
-            key = _scaled_rms(key, attn.k_norm.variance_epsilon, w["k_norm"])
+        if self.qk_eps is not None:
+            query = _scaled_rms(query, self.qk_eps[0], w["q_norm"])
+            key = _scaled_rms(key, self.qk_eps[1], w["k_norm"])
 
         def heads(states: torch.Tensor) -> torch.Tensor:  # [M, B, T, h, d] -> [B, M*h, T, d]
             return states.permute(1, 0, 3, 2, 4).reshape(batch, -1, length, head_dim)
@@ -212,18 +232,17 @@ class FusedParallel:
 
         implementation = attn.config._attn_implementation
         interface = self._eager_attention if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
-        sliding_window = getattr(attn, "sliding_window", getattr(attn.config, "sliding_window", None))
         kwargs.pop("position_ids", None)
         kwargs.pop("use_cache", None)
         attended, _ = interface(
             attn, query, key, value, attention_mask, dropout=0.0, scaling=attn.scaling,
-            sliding_window=sliding_window, **kwargs,
+            sliding_window=self.sliding_window, **kwargs,
         )  # fmt: skip
         # [B, T, M*H, d] -> [M, B*T, H*d]
         attended = attended.reshape(batch, length, members, -1).permute(2, 0, 1, 3).reshape(members, rows, -1)
         hidden = hidden_states + _linear(attended, w["out"], w["out_bias"]).view(members, batch, length, width)
 
-        normed = _scaled_rms(hidden, first.post_attention_layernorm.variance_epsilon, w["norm2"])
+        normed = _scaled_rms(hidden, self.eps[1], w["norm2"])
         gate, up = _linear(normed.view(members, rows, width), w["gate_up"], w["gate_up_bias"]).chunk(2, dim=-1)
-        mlp = _linear(first.mlp.act_fn(gate) * up, w["down"], w["down_bias"]).view(members, batch, length, width)
+        mlp = _linear(self.act_fn(gate) * up, w["down"], w["down_bias"]).view(members, batch, length, width)
         return (hidden + mlp).mean(dim=0)

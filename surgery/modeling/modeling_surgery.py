@@ -13,15 +13,18 @@ embeddings, masks, rotary embeddings, final norm and head are untouched source c
   returns the mean of their outputs (paper §3.5).
 * Every executed layer instance gets its own KV-cache slot (a layer run twice caches twice); a cache is a
   flat list of ``config.num_hidden_layers`` slots. Routing is computed once, when the list is built: a
-  layer whose slot is its own index is called as is; otherwise its attention's ``layer_idx`` is pointed at
-  the slot for the duration of the call.
+  layer executed once has its attention's ``layer_idx`` pointed at its slot for good (``release`` gives it
+  back) and is then called as itself, with nothing in between; a layer executed several times is pointed at
+  each slot for the duration of the call.
 * A parallel group of Llama-family layers (Llama, Mistral, Qwen2, Qwen3) runs *fused* (``fused_parallel.py``,
   shipped beside this file) at inference
   (``torch.is_grad_enabled()`` false, ``config.surgery_fuse_parallel`` true): the members' weights are
-  stacked once (a copy, made on first use and rebuilt when the weights change; the checkpoint stores them
-  per layer as usual), projections and MLPs run as batched matmuls, and attention runs once with the
-  members as extra heads. Each member keeps its own KV-cache slot. Other groups, and training, run the
-  members one after another.
+  stacked once (a copy beside the per-layer weights, made on first use; checked once per forward and rebuilt
+  when the weights changed; the checkpoint stores them per layer as usual), projections and MLPs run as
+  batched matmuls, and attention runs once with the members as extra heads. Each member keeps its own
+  KV-cache slot. Other groups, and training, run the members one after another.
+* Nothing above runs per layer call: per-forward decisions are made when the source loop starts iterating
+  the block list (``ExecutionList.prepare``), and the class's forward reads no module tree.
 * ``output_hidden_states`` gives one entry per step: the embedding output, each step's output, and, last,
   the model's ``last_hidden_state`` (after the final norm where the architecture has one), as in
   ``transformers``.
@@ -84,13 +87,13 @@ class SlotRoute:
             kwargs = {key: _with_slot(value, self.slot) for key, value in kwargs.items()}
             return self.layer(hidden_states, *args, **kwargs)
         own = [module.layer_idx for module in self.indexed]
-        for module in self.indexed:
-            module.layer_idx = self.slot
+        for module in self.indexed:  # a plain attribute: written to __dict__, skipping nn.Module.__setattr__
+            module.__dict__["layer_idx"] = self.slot
         try:
             return self.layer(hidden_states, *args, **kwargs)
         finally:
             for module, index in zip(self.indexed, own):
-                module.layer_idx = index
+                module.__dict__["layer_idx"] = index
 
 
 class ExecutedStep:
@@ -113,6 +116,7 @@ class ExecutedStep:
         self.attention_type = "full_attention" if self.mixed and "full_attention" in types else types[0]
         self.routes = [SlotRoute(layer, slot) for layer, slot in zip(layers, slots)]
         self.fused: FusedParallel | None = None  # set by ExecutionList for a group of one fusable type
+        self.fuse_now = False  # set once per forward by ExecutionList.prepare
 
     def __getattr__(self, name: str) -> Any:
         """What a source loop reads from its layers (``layer_type``, ``self_attn``, ...): the first member's;
@@ -129,10 +133,10 @@ class ExecutedStep:
             result = self.routes[0](hidden_states, *args, **kwargs)
         elif (
             self.fused is not None
-            and self.owner.fuse_parallel
             and not args
             and not torch.is_grad_enabled()
-            and (torch.compiler.is_compiling() or fusable(self.layers))  # e.g. LoRA added after loading
+            # decided once per forward (ExecutionList.prepare); compiled: whenever enabled, as before compiling
+            and (self.owner.fuse_parallel if torch.compiler.is_compiling() else self.fuse_now)
         ):
             result = self.fused(hidden_states, **kwargs)
         else:
@@ -152,6 +156,11 @@ class ExecutionList(nn.ModuleList):
     """Block list whose children are the stored layers but whose iteration yields the executed steps.
 
     ``fuse_parallel`` (default true) lets parallel groups of fusable layers run fused at inference.
+
+    Per-step work is done once, not per layer call: routing when the list is built (a layer executed once is
+    pointed at its cache slot for good, see :meth:`release`; a layer that runs in its own slot is yielded as
+    itself), fusion decisions and the stacked copies' freshness once per forward (:meth:`prepare`, run when the
+    source loop starts iterating).
     """
 
     def __init__(
@@ -166,6 +175,7 @@ class ExecutionList(nn.ModuleList):
             self.add_module(str(index), layer)
         self.fuse_parallel = fuse_parallel
         self.recorded: list[torch.Tensor] | None = None
+        self._pinned = _pin_single_instances(stored, steps)
         slot = 0
         executed = []
         stacks: dict[tuple[int, ...], StackedWeights] = {}
@@ -180,6 +190,31 @@ class ExecutionList(nn.ModuleList):
                 )
             slot += len(step)
         self.steps = executed
+        self._fusing = [step for step in executed if step.fused is not None]
+        # What the source loop iterates when no hidden states are recorded: a layer that runs in its own slot is
+        # called as itself, with nothing in between.
+        self._runners = [
+            step.layers[0] if len(step.routes) == 1 and step.routes[0].direct else step for step in executed
+        ]
+
+    def prepare(self) -> None:
+        """Once per forward, before the first step: which groups run fused, and their stacked copies up to date
+        (rebuilt if a member's weights were updated in place, moved, cast or replaced since the last forward)."""
+        if not self._fusing or torch.compiler.is_compiling():
+            return
+        fuse = self.fuse_parallel and not torch.is_grad_enabled()
+        checked: dict[int, bool] = {}
+        for step in self._fusing:
+            stacked = step.fused.stacked
+            if fuse and id(stacked) not in checked:
+                checked[id(stacked)] = stacked.check()  # False: e.g. LoRA added after loading
+            step.fuse_now = fuse and checked[id(stacked)]
+
+    def release(self) -> None:
+        """Give back the layers' own ``layer_idx`` (pointed at their cache slots when the list was built)."""
+        for module, index in self._pinned:
+            module.layer_idx = index
+        self._pinned = []
 
     def watch_masks(self, owner: nn.Module) -> Any:
         """If a group mixes attention types: at every forward of ``owner`` (the block list's parent), build the
@@ -241,13 +276,39 @@ class ExecutionList(nn.ModuleList):
                 self.recorded = None
 
     def __iter__(self):
-        return iter(self.steps)
+        self.prepare()
+        return iter(self.steps if self.recorded is not None else self._runners)
 
     def __len__(self) -> int:
         return len(self.steps)
 
     def __getitem__(self, index):
+        if isinstance(index, slice):  # the source loop: ``for layer in self.layers[: num_hidden_layers]``
+            self.prepare()
+            return (self.steps if self.recorded is not None else self._runners)[index]
         return self.steps[index]
+
+
+def _pin_single_instances(stored: nn.ModuleList, steps: list[list[int]]) -> list[tuple[nn.Module, int]]:
+    """Point the ``layer_idx`` of every layer executed exactly once at its cache slot, for good (no switching
+    per call); returns (module, own index) pairs to restore. Layers executed several times are switched per call
+    (:class:`SlotRoute`)."""
+    uses: dict[int, int] = {}
+    for step in steps:
+        for index in step:
+            uses[index] = uses.get(index, 0) + 1
+    pinned = []
+    slot = 0
+    for step in steps:
+        for index in step:
+            if uses[index] == 1:
+                for module in stored[index].modules():
+                    own = getattr(module, "layer_idx", None)
+                    if isinstance(own, int) and own != slot:
+                        pinned.append((module, own))
+                        module.layer_idx = slot
+            slot += 1
+    return pinned
 
 
 def forward_recording_steps(model: PreTrainedModel, execution: ExecutionList, **kwargs: Any) -> Any:
@@ -400,7 +461,7 @@ class SurgeryForCausalLM(SurgeryPreTrainedModel, GenerationMixin):
         **kwargs: Any,
     ):
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if self.is_gradient_checkpointing and self.training:
+        if self.training and self.is_gradient_checkpointing:  # walks every module: only when training
             use_cache = False
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
