@@ -11,8 +11,9 @@ from click.testing import CliRunner
 from surgery.bench.config import BenchConfig
 from surgery.bench.decode import LOOP_GENERATE, LOOP_ORT, LOOP_STATIC
 from surgery.bench.report import table
-from surgery.bench.run import add_ratios, run_bench
+from surgery.bench.run import run_bench
 from surgery.bench.schema import BenchPayload
+from surgery.bench.stats import add_ratios
 from surgery.bench.weights import bytes_read_per_token
 from surgery.cli import main as cli
 from surgery.exporters.onnx.config import ExportConfig
@@ -78,7 +79,7 @@ def test_torch_and_onnxruntime_run_or_say_why(variants, tmp_path):
     lines = []
     payload = run_bench(config, progress=lines.append)
     BenchPayload.model_validate(payload)
-    assert len(lines) == 10 and lines[0].startswith("[1/10] ")
+    assert len(lines) == 2 and lines[0].startswith("[torch round 1/1] ") and "onnx-skip: prefill" in lines[1]
     by_key = {(r["model"], r["backend"]): r for r in payload["results"]}
     for model in models[:3]:
         assert by_key[(model, "torch")]["decode_ms_per_token"]["median"] > 0

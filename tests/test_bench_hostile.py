@@ -62,7 +62,7 @@ def no_timing(monkeypatch):
     def measured(*args, **kwargs):
         raise AssertionError("a measurement started before validation finished")
 
-    monkeypatch.setattr(bench_run, "_measure_in_subprocess", measured)
+    monkeypatch.setattr(bench_run, "start_worker", measured)
 
 
 def fake_export(directory: Path, checkpoint: Path, record: dict | None = None) -> Path:
@@ -158,33 +158,29 @@ def test_steps_naming_no_stored_layer_are_refused_before_timing(steps, plans, tm
 # ------------------------------------------------------------------ measurements are not thrown away
 
 
-def _fake_measurement(model, backend, config, threads):
-    return {"prefill_ms": {"median": 2.0, "min": 2.0, "max": 2.0}, "decode_ms_per_token": {"median": 1.0, "min": 1.0,
-            "max": 1.0}, "tokens_per_s": 10.0, "peak_memory_mb": 1.0, "decode_loop": "fake"}  # fmt: skip
+def _fake_workers(monkeypatch) -> None:
+    from test_bench_rounds import fake_workers
+
+    fake_workers(monkeypatch, [])
 
 
 def test_a_failure_after_measuring_keeps_the_measurements_marked_partial(plans, tmp_path, monkeypatch):
-    calls = []
+    from test_bench_rounds import fake_workers
 
-    def measure_then_fail(model, backend, config, threads):
-        calls.append(model)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # e.g. Ctrl-C during the second model
-        return _fake_measurement(model, backend, config, threads)
-
-    monkeypatch.setattr(bench_run, "_measure_in_subprocess", measure_then_fail)
+    fake_workers(monkeypatch, [], skip={"interrupt_at": 1})  # e.g. Ctrl-C during the second round
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["bench", str(plans["full"]), str(plans["skip"]), "--out", str(out), *FAST])
+    args = ["bench", str(plans["full"]), str(plans["skip"]), "--out", str(out), *FAST[:-6], "--repeats", "2"]
+    result = CliRunner().invoke(cli, [*args, "--warmup", "0", "--threads", "1"])
     assert result.exit_code != 0
     assert not (out / "bench.json").exists() and not (out / "bench.md").exists()
     partial = json.loads((out / PARTIAL).read_text())
-    assert partial["partial"] == "1 of 2 measured"
-    assert [r["model"] for r in partial["results"]] == [str(plans["full"])]
-    assert partial["results"][0]["decode_ms_per_token"]["median"] == 1.0
+    assert partial["partial"] == "1 of 2 rounds measured"
+    assert [r["model"] for r in partial["results"]] == [str(plans["full"]), str(plans["skip"])]
+    assert partial["results"][0]["decode_ms_per_token"]["median"] == 1.0 and partial["results"][0]["rounds"] == 1
 
 
 def test_a_complete_run_replaces_the_partial_file(plans, tmp_path, monkeypatch):
-    monkeypatch.setattr(bench_run, "_measure_in_subprocess", _fake_measurement)
+    _fake_workers(monkeypatch)
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["bench", str(plans["full"]), str(plans["skip"]), "--out", str(out), *FAST])
     assert result.exit_code == 0, result.output
@@ -272,14 +268,14 @@ def test_an_onnx_export_counts_the_unfused_graph(plans, tmp_path):
 
 
 def test_steps_ratio_in_json_and_table(plans, tmp_path, monkeypatch):
-    monkeypatch.setattr(bench_run, "_measure_in_subprocess", _fake_measurement)
+    _fake_workers(monkeypatch)
     models = [str(plans[name]) for name in ("full", "skip", "looped")]
     payload = bench_run.run_bench(BenchConfig(models=models, out_dir=tmp_path))
     ratios = [r["ratio_steps"] for r in payload["results"]]
     assert ratios == [1.0, 5 / 8, 7 / 8]
     assert [r["sequential_steps"] for r in payload["results"]] == [8, 5, 7]
     text = table(payload)
-    assert "steps ratio" in text and "| looped | torch | 2.0 | 1.00 | 10.0 | 1.00x | 1.00x |" in text
+    assert "steps ratio" in text and "| looped | torch | 2.0 | 1.00 | 1000.0 | 1.00x | 1.00x |" in text
     assert "0.88x" in text.splitlines()[4] and "Decode loop: torch: fake." in text
 
 

@@ -22,8 +22,8 @@ from surgery.cli_options import trust_remote_code_option
 @click.option("--prompt-len", default=128, show_default=True, type=int)
 @click.option("--new-tokens", default=64, show_default=True, type=int)
 @click.option("--batch", default=1, show_default=True, type=int)
-@click.option("--repeats", default=5, show_default=True, type=int)
-@click.option("--warmup", default=1, show_default=True, type=int)
+@click.option("--repeats", default=5, show_default=True, type=int, help="Timed rounds; each measures every model once.")
+@click.option("--warmup", default=1, show_default=True, type=int, help="Untimed rounds before them.")
 @click.option("--threads", type=int, help="Threads for torch and ONNX Runtime [default: every core].")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
@@ -34,11 +34,13 @@ def bench(
 ):
     """Latency of MODELS side by side (the first is the reference): prefill, decode per token, tokens/s.
 
-    MODEL is a checkpoint folder (torch backends) or an ONNX export (onnxruntime). Each model x backend runs in
-    its own process; a backend that cannot run a model is reported with the reason. Writes OUT/bench.json,
-    OUT/bench.md and OUT/bench.png; the headline is each variant's ratio to the first model on the same backend,
-    beside two bounds: weight bytes and sequential steps per token. Everything is checked before anything is
-    timed; until the run completes, OUT/bench.partial.json keeps what was measured.
+    MODEL is a checkpoint folder (torch backends) or an ONNX export (onnxruntime). Each model runs in its own
+    warm process, and the models of a backend are measured in interleaved rounds (every model once per round,
+    the order rotated and reversed between rounds); a backend that cannot run a model is reported with the
+    reason. Writes OUT/bench.json, OUT/bench.md and OUT/bench.png; the headline is each variant's ratio to the
+    first model on the same backend (the median of per-round ratios, with their range; "noisy" when the rounds
+    disagree by more than 10 %), beside two bounds: weight bytes and sequential steps per token. Everything is
+    checked before anything is timed; until the run completes, OUT/bench.partial.json keeps the rounds measured.
     """
     from surgery.bench.config import BenchConfig
     from surgery.config import config_from_options

@@ -21,8 +21,8 @@ class BenchConfig(CommandConfig):
     prompt_len: int = Field(default=128, ge=1, le=32768)
     new_tokens: int = Field(default=64, ge=2, le=4096)
     batch: int = Field(default=1, ge=1, le=1024)
-    repeats: int = Field(default=5, ge=1, le=100)
-    warmup: int = Field(default=1, ge=0, le=10)
+    repeats: int = Field(default=5, ge=1, le=100)  # timed rounds, each measuring every model once
+    warmup: int = Field(default=1, ge=0, le=10)  # untimed rounds before them
     threads: int | None = Field(default=None, ge=1)  # default: every core of the machine
     device: Literal["cpu", "cuda"] = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"

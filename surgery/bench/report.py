@@ -1,6 +1,7 @@
 """The files of a ``surgery bench`` run: ``bench.json`` (the payload), ``bench.md`` (a table), ``bench.png``.
 
-While a run measures, ``bench.partial.json`` holds the results so far (``"partial": "k of n measured"``); the
+While a run measures, ``bench.partial.json`` holds the rounds measured so far (``"partial": "k of n rounds
+measured"``); the
 complete files replace it at the end, so a failed or interrupted run keeps what it measured and no file that
 looks complete is written before the run is.
 """
@@ -20,8 +21,25 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _figure(spread: dict[str, float], digits: int) -> str:
+    """``median (min–max)`` of a figure across rounds (the median alone when the rounds gave one value)."""
+    text = f"{spread['median']:.{digits}f}"
+    return text if spread["min"] == spread["max"] else f"{text} ({spread['min']:.{digits}f}–{spread['max']:.{digits}f})"
+
+
+def ratio_cell(result: dict[str, Any], key: str) -> str:
+    """A ratio with its per-round range, and ``noisy`` when the rounds disagree (:mod:`surgery.bench.stats`)."""
+    value, spread = result.get(key), result.get(f"{key}_spread")
+    if value is None or not spread or spread["min"] == spread["max"]:
+        text = _ratio(value)
+    else:
+        text = f"{value:.2f}x ({spread['min']:.2f}–{spread['max']:.2f})"
+    return text + (" noisy" if key in (result.get("noisy_ratios") or []) else "")
+
+
 def table(payload: dict[str, Any]) -> str:
-    """Markdown: one row per model x backend, ratios to the first model on the same backend, beside the bounds."""
+    """Markdown: one row per model x backend, figures as median (min–max) over rounds, ratios to the first model on
+    the same backend as the median (range) of per-round ratios, marked noisy when the rounds disagree."""
     rows = []
     not_applicable = []
     for result in payload["results"]:
@@ -37,11 +55,11 @@ def table(payload: dict[str, Any]) -> str:
             [
                 name,
                 result["backend"] + (f" ({result['provider']})" if result.get("provider") else ""),
-                f"{result['prefill_ms']['median']:.1f}",
-                f"{result['decode_ms_per_token']['median']:.2f}",
+                _figure(result["prefill_ms"], 1),
+                _figure(result["decode_ms_per_token"], 2),
                 f"{result['tokens_per_s']:.1f}",
-                _ratio(result.get("ratio_prefill")),
-                _ratio(result.get("ratio_decode")),
+                ratio_cell(result, "ratio_prefill"),
+                ratio_cell(result, "ratio_decode"),
                 *bound,
                 f"{result['peak_memory_mb']:.0f} MB",
             ]
@@ -60,14 +78,30 @@ def table(payload: dict[str, Any]) -> str:
     ]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines += _notes(payload["results"], not_applicable)
+    lines += _notes(payload, not_applicable)
     return "\n".join(lines)
 
 
-def _notes(results: list[dict[str, Any]], not_applicable: list[str]) -> list[str]:
-    """The lines under the table: bounds explained, decode loop per backend, missing bounds, n/a models."""
-    lines = [
-        "",
+def _notes(payload: dict[str, Any], not_applicable: list[str]) -> list[str]:
+    """The lines under the table: rounds and noise, bounds explained, decode loop per backend, missing bounds,
+    n/a models."""
+    results = payload["results"]
+    lines = [""]
+    rounds = payload.get("rounds")
+    if rounds:
+        lines.append(
+            f"Times: median (min–max) over {rounds['count']} interleaved rounds (every model once per round, the "
+            f"order rotated and reversed between rounds) after {rounds['warmup']} warm-up round(s); a ratio is the "
+            "median (range) of the per-round ratios."
+        )
+    noisy = [f"{Path(r['model']).name} on {r['backend']}" for r in results if r.get("noisy")]
+    if noisy:
+        rule = payload.get("noise", {}).get("rule", "the rounds disagree")
+        lines.append(
+            f"**Noisy: {', '.join(noisy)}.** {rule[:1].upper() + rule[1:]}. A noisy ratio does not reproduce on "
+            "this machine now: measure again on a quiet machine, or with more --repeats."
+        )
+    lines += [
         "Bounds per decoded token, as ratios to the first model: weight bytes read (what bandwidth-bound decode "
         "follows) and sequential steps (what launch-bound decode follows; a fused parallel block is one step).",
     ]
@@ -99,15 +133,17 @@ def plot(payload: dict[str, Any], path: Path) -> bool:
     width = 0.8 / len(backends)
     for axis, (key, title) in zip(axes, (("ratio_prefill", "prefill"), ("ratio_decode", "decode per token"))):
         for offset, backend in enumerate(backends):
-            values = [
-                next((r.get(key) for r in measured if r["model"] == m and r["backend"] == backend), 0) for m in models
-            ]
+            rows = [next((r for r in measured if r["model"] == m and r["backend"] == backend), {}) for m in models]
+            values = [row.get(key) or 0 for row in rows]
+            spreads = [row.get(f"{key}_spread") or {"min": v, "max": v} for row, v in zip(rows, values)]
+            low = [v - s["min"] if v else 0 for v, s in zip(values, spreads)]
+            high = [s["max"] - v if v else 0 for v, s in zip(values, spreads)]
             xs = [i + offset * width for i in range(len(models))]
-            bars = axis.bar(xs, values, width, label=backend)
-            for bar, value in zip(bars, values):
+            bars = axis.bar(xs, values, width, label=backend, yerr=[low, high], capsize=3)
+            for bar, value, row in zip(bars, values, rows):
                 if value:
                     axis.annotate(
-                        f"{value:.2f}x",
+                        f"{value:.2f}x" + (" noisy" if key in (row.get("noisy_ratios") or []) else ""),
                         (bar.get_x() + bar.get_width() / 2, value),
                         ha="center",
                         va="bottom",
@@ -116,7 +152,7 @@ def plot(payload: dict[str, Any], path: Path) -> bool:
         axis.axhline(1.0, color="gray", linewidth=0.8, linestyle="--")
         axis.set_xticks([i + width * (len(backends) - 1) / 2 for i in range(len(models))])
         axis.set_xticklabels([Path(m).name for m in models], rotation=20, ha="right")
-        axis.set_title(f"{title} latency / first model")
+        axis.set_title(f"{title} latency / first model (bars: range over rounds)")
     axes[0].set_ylabel("ratio (lower is faster)")
     axes[1].legend(fontsize=8)
     info = payload["machine"]
@@ -132,10 +168,10 @@ def plot(payload: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def write_partial(payload: dict[str, Any], out_dir: Path, total: int) -> None:
-    """``bench.partial.json``: the results measured so far, marked partial (see the module docstring)."""
-    done = len(payload["results"])
-    atomic_write_json(Path(out_dir) / PARTIAL, {"partial": f"{done} of {total} measured", **payload})
+def write_partial(payload: dict[str, Any], out_dir: Path, progress: str) -> None:
+    """``bench.partial.json``: the results measured so far, marked partial (``progress``, e.g. ``"2 of 5 rounds
+    measured"``; see the module docstring)."""
+    atomic_write_json(Path(out_dir) / PARTIAL, {"partial": progress, **payload})
 
 
 def write_report(payload: dict[str, Any], out_dir: Path) -> list[Path]:

@@ -1,18 +1,18 @@
-"""``surgery bench`` as a function: every model on every backend, each in its own process; ratios to the first."""
+"""``surgery bench`` as a function: every model on every backend, each in its own warm process, measured in
+interleaved rounds; ratios to the first model, per round."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from surgery import __version__
 from surgery.bench.config import BenchConfig
+from surgery.bench.measure import NOT_APPLICABLE, SKIP
+from surgery.bench.stats import MIN_ROUNDS, NOISE_RULE, NOISE_TOLERANCE, add_ratios, round_order, summarize
 from surgery.errors import SurgeryError
 
 
@@ -23,26 +23,31 @@ def check(config: BenchConfig) -> dict[str, dict[str, Any]]:
     that names a file or an unwritable place: one error, before anything is timed.
     """
     from surgery.bench.weights import bounds
+    from surgery.io.demo_models import DEMO_MODELS
     from surgery.io.loading import check_loadable
     from surgery.io.model_ref import ModelRef
 
+    refs = {}
     for model in config.models:
-        ref = ModelRef.parse(model)
-        if ref.kind != "directory":
+        ref = refs[model] = ModelRef.parse(model)
+        demo = model in DEMO_MODELS  # the short names work here as in every command (smollm2-demo is a .gguf)
+        if ref.kind != "directory" and not (demo and ref.kind == "gguf"):
             raise SurgeryError(f"{model}: bench measures local folders (a checkpoint, or an ONNX export)")
-        if not (ref.path / "model.onnx").is_file():
+        if ref.kind == "gguf" or not (ref.path / "model.onnx").is_file():
             check_loadable(ref, trust_remote_code=config.trust_remote_code)
     check_out_dir(config.out_dir)
     if "onnxruntime" in config.backends:
         from surgery.extras import require_extra
 
         require_extra("export", "bench --backend onnxruntime", ("optimum.onnxruntime", "onnxruntime"))
-    if config.device == "cuda":
-        import torch
+    from surgery.evaluation.run import resolve_device
 
-        if not torch.cuda.is_available():
-            raise SurgeryError("--device cuda: no CUDA device is available")
-    return {model: bounds(Path(model)) for model in dict.fromkeys(config.models)}
+    resolve_device(config.device)  # one device check for every command (one line when CUDA is missing)
+    gguf_note = {"bound_note": "no bounds: a GGUF file (apply a plan to it to bench a folder with bounds)"}
+    return {
+        model: gguf_note if refs[model].kind == "gguf" else bounds(refs[model].path)
+        for model in dict.fromkeys(config.models)
+    }
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -89,7 +94,10 @@ def machine(config: BenchConfig, threads: int) -> dict[str, Any]:
     }
 
 
-def _measure_in_subprocess(model: str, backend: str, config: BenchConfig, threads: int) -> dict[str, Any]:
+def start_worker(model: str, backend: str, config: BenchConfig, threads: int):
+    """A warm measurement process for one model on one backend (:class:`surgery.bench.worker.Worker`)."""
+    from surgery.bench.worker import Worker
+
     settings = {
         "model": model,
         "backend": backend,
@@ -98,33 +106,14 @@ def _measure_in_subprocess(model: str, backend: str, config: BenchConfig, thread
         "prompt_len": config.prompt_len,
         "new_tokens": config.new_tokens,
         "batch": config.batch,
-        "repeats": config.repeats,
-        "warmup": config.warmup + (1 if backend == "torch-compile" else 0),  # one more round: the compilation
         "threads": threads,
         "trust_remote_code": config.trust_remote_code,
     }
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "surgery.bench.measure", json.dumps(settings)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=config.timeout_s,
-        )
-    except subprocess.TimeoutExpired:
-        return {"skipped": f"failed: no result within {config.timeout_s} s"}
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"skipped": f"failed: {last}"}
-    return json.loads(lines[-1])
+    return Worker(settings, threads=threads, timeout_s=config.timeout_s)
 
 
 def not_applicable(model: str, backend: str) -> str | None:
     """Why a model's format is not this backend's (decided here, without starting a process), or None."""
-    from surgery.bench.measure import NOT_APPLICABLE
-
     is_onnx = (Path(model) / "model.onnx").is_file()
     if backend == "onnxruntime" and not is_onnx:
         return NOT_APPLICABLE + "not an ONNX folder (make one with `surgery export onnx`)"
@@ -133,25 +122,13 @@ def not_applicable(model: str, backend: str) -> str | None:
     return None
 
 
-def add_ratios(results: list[dict[str, Any]]) -> None:
-    """Each result's ratio to the first model measured on the same backend (median / median)."""
-    first: dict[str, dict[str, Any]] = {}
-    for result in results:
-        if "skipped" in result:
-            continue
-        base = first.setdefault(result["backend"], result)
-        for key, metric in (("ratio_prefill", "prefill_ms"), ("ratio_decode", "decode_ms_per_token")):
-            result[key] = result[metric]["median"] / base[metric]["median"]
-        for key, metric in (("ratio_weight_bytes", "weight_bytes_per_token"), ("ratio_steps", "sequential_steps")):
-            if result.get(metric) and base.get(metric):
-                result[key] = result[metric] / base[metric]
-
-
 METHOD = (
     "torch and onnxruntime: greedy generate() of new_tokens tokens, a timestamp per token; prefill = to the first "
     "new token, decode = median interval between later tokens. torch-compile: the static-cache loop "
     "(surgery.bench.decode): prefill = the prompt's forward and argmax, decode = the compiled one-token loop's time / "
-    "(new_tokens - 1). Median/min/max over repeats after warm-up; one process per measurement. Bounds: "
+    "(new_tokens - 1). One warm process per model; per backend the models are measured in interleaved rounds "
+    "(every model once per round, the order rotated and reversed between rounds) after warm-up rounds; each "
+    "figure is the median/min/max over rounds, each ratio the median of the per-round ratios. Bounds: "
     "weight bytes read and sequential steps per decoded token, as ratios to the first model"
 )
 
@@ -159,41 +136,95 @@ METHOD = (
 def run_bench(config: BenchConfig, *, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure every model x backend and return the ``bench.json`` payload (written by the caller).
 
-    Everything is validated first (:func:`check`). While measuring, ``OUT/bench.partial.json`` holds what is
-    measured so far (marked partial), so a run that fails or is interrupted keeps its measurements.
+    Everything is validated first (:func:`check`). Per backend, every applicable model is loaded in a process
+    of its own (all at once: memory must hold them), then measured in rounds: each round measures every model
+    once, in the order :func:`surgery.bench.stats.round_order` gives (rotated, reversed every other round), after
+    ``warmup`` untimed rounds. While measuring, ``OUT/bench.partial.json`` holds the rounds measured so far
+    (marked partial), so a run that fails or is interrupted keeps its measurements.
     """
-    from surgery.bench.report import write_partial
+    from surgery.bench.schema import BenchPayload
 
     model_bounds = check(config)
     threads = config.threads or os.cpu_count() or 1
-    payload = {
+    payload: dict[str, Any] = {
         "machine": machine(config, threads),
         "settings": config.record(),
         "method": METHOD,
+        "noise": {"tolerance": NOISE_TOLERANCE, "min_rounds": MIN_ROUNDS, "rule": NOISE_RULE},
+        "rounds": {"count": config.repeats, "warmup": config.warmup, "orders": {}},
         "results": [],
     }
-    results = payload["results"]
-    total = len(config.models) * len(config.backends)
+    say = progress or (lambda line: None)
+    counter = {"done": 0, "total": len(config.backends) * config.repeats}
     for backend in config.backends:
-        for model in config.models:
-            reason = not_applicable(model, backend)
-            measured = {"skipped": reason} if reason else _measure_in_subprocess(model, backend, config, threads)
-            results.append({"model": model, "backend": backend, **measured, **model_bounds[model]})
-            write_partial(payload, config.out_dir, total)
-            if progress is not None:
-                progress(_line(len(results), total, results[-1]))
-    add_ratios(results)
-    from surgery.bench.schema import BenchPayload
-
+        rows = [{"model": model, "backend": backend} for model in config.models]
+        _measure_backend(rows, config, threads, payload, counter, say)
+        payload["results"] += [{**row, **model_bounds[row["model"]]} for row in rows]
+    add_ratios(payload["results"])
+    payload["noisy"] = any(result.get("noisy") for result in payload["results"])
     BenchPayload.model_validate(payload)  # what we write is what readers (the model card) validate against
     return payload
 
 
-def _line(done: int, total: int, result: dict[str, Any]) -> str:
-    head = f"[{done}/{total}] {result['model']} on {result['backend']}:"
-    if "skipped" in result:
-        return f"{head} not measured ({result['skipped']})"
-    return (
-        f"{head} prefill {result['prefill_ms']['median']:.1f} ms, "
-        f"decode {result['decode_ms_per_token']['median']:.2f} ms/token, {result['tokens_per_s']:.1f} tokens/s"
+def _measure_backend(
+    rows: list[dict[str, Any]],
+    config: BenchConfig,
+    threads: int,
+    payload: dict[str, Any],
+    counter: dict[str, int],
+    say: Callable[[str], None],
+) -> None:
+    """Fill ``rows`` (one backend, one per model): load every model, then the interleaved rounds, then finish."""
+    from surgery.bench.report import write_partial
+
+    backend = rows[0]["backend"]
+    workers: dict[int, Any] = {}
+    rounds: dict[int, list[dict[str, float]]] = {}
+    try:
+        for index, row in enumerate(rows):
+            reason = not_applicable(row["model"], backend)
+            if reason is None:
+                workers[index] = start_worker(row["model"], backend, config, threads)
+                reason = workers[index].start().get(SKIP)
+            if reason is None:
+                rounds[index] = []
+            else:
+                row[SKIP] = reason
+                if not reason.startswith(NOT_APPLICABLE):
+                    say(f"{row['model']} on {backend}: not measured ({reason})")
+        warmup = config.warmup + (1 if backend == "torch-compile" else 0)  # one more round: the compilation
+        orders = payload["rounds"]["orders"].setdefault(backend, [])
+        for number in range(-warmup, config.repeats):
+            live = list(rounds)
+            order = [live[position] for position in round_order(len(live), number)]
+            for index in order:
+                answer = workers[index].round()
+                if SKIP in answer:
+                    rows[index][SKIP] = answer[SKIP]
+                    del rounds[index]
+                    say(f"{rows[index]['model']} on {backend}: not measured ({answer[SKIP]})")
+                elif number >= 0:
+                    rounds[index].append(answer)
+            if number < 0 or not order:
+                continue
+            orders.append(order)
+            counter["done"] += 1
+            snapshot = [{**row, **summarize(rounds[i])} if rounds.get(i) else row for i, row in enumerate(rows)]
+            partial = {**payload, "results": payload["results"] + snapshot}
+            write_partial(partial, config.out_dir, f"{counter['done']} of {counter['total']} rounds measured")
+            say(_round_line(number, config.repeats, backend, [(rows[i]["model"], rounds[i][-1]) for i in order
+                                                               if i in rounds]))  # fmt: skip
+        for index, measured in rounds.items():
+            finished = workers[index].finish()
+            rows[index].update({SKIP: finished[SKIP]} if SKIP in finished else {**summarize(measured), **finished})
+    finally:
+        for worker in workers.values():
+            worker.close()
+
+
+def _round_line(number: int, count: int, backend: str, measured: list[tuple[str, dict[str, float]]]) -> str:
+    head = f"[{backend} round {number + 1}/{count}]"
+    return head + ";".join(
+        f" {Path(model).name}: prefill {r['prefill_ms']:.1f} ms, decode {r['decode_ms_per_token']:.2f} ms/token"
+        for model, r in measured
     )

@@ -24,8 +24,14 @@ class BenchResult(BaseModel):
     decode_ms_per_token: Spread | None = None
     tokens_per_s: float | None = None
     peak_memory_mb: float | None = None
-    ratio_prefill: float | None = None
+    ratio_prefill: float | None = None  # the median of the per-round ratios to the first model (same backend)
     ratio_decode: float | None = None
+    ratio_prefill_spread: Spread | None = None  # the per-round ratios' median, min and max
+    ratio_decode_spread: Spread | None = None
+    noisy: bool | None = None  # the rounds disagree (surgery.bench.stats.NOISE_RULE): not a ratio to publish as is
+    noisy_ratios: list[str] | None = None  # which of ratio_prefill, ratio_decode disagree
+    rounds: int | None = None  # rounds measured
+    per_round: dict[str, list[float]] | None = None  # prefill_ms, decode_ms_per_token, ratio_*: one per round
     weight_bytes_per_token: int | None = None
     ratio_weight_bytes: float | None = None
     sequential_steps: int | None = None  # layer steps per token (a fused parallel block: one)
@@ -38,10 +44,13 @@ class BenchResult(BaseModel):
 
 
 class BenchPayload(BaseModel):
-    """``{"machine": {...}, "settings": {...}, "method": ..., "results": [...]}``."""
+    """``{"machine": {...}, "settings": {...}, "method": ..., "noise": {...}, "rounds": {...}, "noisy": ...,
+    "results": [...]}``."""
 
     model_config = ConfigDict(extra="allow")
 
     machine: dict[str, Any]
     settings: dict[str, Any]
     results: list[BenchResult]
+    noisy: bool | None = None  # any result noisy (files written before interleaved rounds: absent)
+    noise: dict[str, Any] | None = None  # {"tolerance", "min_rounds", "rule"}
