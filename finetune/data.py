@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from surgery.errors import SurgeryError
+from surgery.fileio import sha256_file
 
 IGNORE = -100
 ARC_SUBSETS = {"arc_challenge": "Challenge", "arc_easy": "Easy"}
@@ -49,9 +50,12 @@ class TrainData:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
+        local = Path(self.location) if not self.location.startswith("hub:") else None
         return {
             "name": self.name,
             "location": self.location,
+            # a local file's content, so a card can name it without its path (surgery.card shows the file name)
+            "sha256": sha256_file(local) if local is not None and local.is_file() else None,
             "loss_on": self.loss_on,
             "available": self.available,
             "examples": len(self.examples),

@@ -229,6 +229,7 @@ def _write(config, checked: Checked, model, tokenizer, peft_model, details: dict
     from surgery.finetune.lora import merge_lora
     from surgery.finetune.report import plot_loss, write_log
     from surgery.finetune.write import (
+        input_base_model,
         input_provenance,
         planned_source,
         save_planned,
@@ -249,6 +250,7 @@ def _write(config, checked: Checked, model, tokenizer, peft_model, details: dict
         if config.plan is not None:
             record = save_planned(model, tokenizer, config.plan, tmp, tie_repeats=config.tie_repeats, dtype=dtype)
             record.source = planned_source(checked.ref, checked.num_layers)
+            record.base_model = input_base_model(checked.ref)
         else:
             save_same_kind(model, tokenizer, tmp, surgery_class=checked.surgery_class, dtype=dtype)
             record = input_provenance(checked.ref, checked.raw_config, checked.num_layers)

@@ -112,6 +112,13 @@ def planned_source(ref: ModelRef, num_layers: int) -> dict[str, Any]:
     return {**new_source(ref, num_layers), "finetune_input": ref.given}
 
 
+def input_base_model(ref: ModelRef) -> str | None:
+    """The ``base_model`` (``--base-model``) the input's ``surgery.json`` names: still the Hub ancestor of a
+    ``--plan`` output made from it."""
+    record = Provenance.read(ref.path) if ref.kind == "directory" else None
+    return record.base_model if record is not None else None
+
+
 def write_card(directory: Path, record: Provenance, name: str) -> None:
     """Re-render ``README.md`` (the model card) from the record, which now has a ``finetune`` stage."""
     from surgery.card import render_model_card

@@ -39,6 +39,13 @@ OP_MEANINGS = {
 REMOTE_CODE_FILES = ("configuration_surgery.py", "modeling_surgery.py", "fused_parallel.py")
 HUB_ID = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")  # what the Hub accepts as base_model (fullmatch)
 STAGES_DESCRIBED_ELSEWHERE = ("apply", "push", "finetune")
+PAPER_URL = "https://arxiv.org/abs/2407.09298"
+# What the card says about quality when nothing was measured on this checkpoint: the paper's finding, as its own.
+PAPER_FINDING = (
+    f"The paper (arXiv 2407.09298, {PAPER_URL}) finds that such changes lower benchmark scores, the more so the "
+    "more layers they touch, and that tasks needing math and reasoning (such as GSM8K) suffer most; this checkpoint's "
+    "quality was not measured here (`surgery eval`, then `surgery card --eval`, adds the measurement)."
+)
 
 
 # Characters that would let text from a file act as Markdown or HTML in a card: escaped as entities (which GFM
@@ -98,6 +105,7 @@ class CardExtras:
     sections: list[str] = field(default_factory=list)  # markdown, each starting with "## "
     metadata: dict[str, Any] = field(default_factory=dict)  # extra front matter, e.g. {"model-index": [...]}
     tags: list[str] = field(default_factory=list)
+    measured_quality: str | None = None  # one sentence on this checkpoint's measured scores, when there are some
 
 
 def _ops_in(canonical: str) -> list[str]:
@@ -119,10 +127,32 @@ def _origin(source: dict) -> str:
     return f"the local checkpoint **{md_text(Path(str(source.get('source', source.get('given')))).name)}**"
 
 
-def base_model_of(source: dict) -> str | None:
-    """The Hub id the Hub's ``base_model`` can name: the source repo, or the one a GGUF file's metadata names."""
-    candidate = source.get("repo_id") or source.get("gguf_repo")
+def base_model_of(source: dict, given: str | None = None) -> str | None:
+    """The Hub id the Hub's ``base_model`` can name: ``given`` (``--base-model``, kept in ``surgery.json``), else
+    the source repo, else the one a GGUF file's metadata names (``general.source.huggingface.repository``...)."""
+    candidate = given or source.get("repo_id") or source.get("gguf_repo")
     return candidate if isinstance(candidate, str) and HUB_ID.fullmatch(candidate) else None
+
+
+def public_name(text: str) -> str:
+    """A model or file reference fit for a public card: a Hub id as is, a local path reduced to its last part."""
+    if text.startswith(("/", "~", ".")) or "\\" in text or text.count("/") > 1:
+        return Path(text).name
+    return text
+
+
+def readable(value: Any) -> str:
+    """A recorded value as plain card text (no JSON): ``key value`` pairs, lists joined with commas, local
+    paths reduced to their last part (:func:`public_name`), numbers as they are; Markdown-escaped."""
+    if isinstance(value, dict):
+        return ", ".join(f"{md_text(key)} {readable(item)}" for key, item in value.items() if item is not None)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(readable(item) for item in value) or "none"
+    if isinstance(value, bool) or value is None:
+        return {True: "yes", False: "no", None: "-"}[value]
+    if isinstance(value, float):
+        return md_text(f"{value:.6g}")
+    return md_text(public_name(str(value)) if isinstance(value, str) else value)
 
 
 def last_stage(record: Provenance, name: str) -> Stage | None:
@@ -138,13 +168,30 @@ def _why_custom(record: Provenance) -> str:
     return "it was written with `--surgery-class`"
 
 
+def load_reference(name: str) -> tuple[str, str]:
+    """What the card's load snippet passes to ``from_pretrained`` and the sentence before it: the Hub repo id
+    when ``name`` is one (pushed, or given with ``--name owner/model``), else a ``path/to/NAME`` placeholder
+    (a bare folder name only loads from the folder above it) and a sentence saying what to put there."""
+    if HUB_ID.fullmatch(name) and not name.startswith("."):
+        return name, f"From the Hub, as {md_code(name)}:"
+    folder = plain_line(name, 100).strip("/") or "checkpoint"
+    placeholder = f"path/to/{folder}"
+    return placeholder, (
+        f"This checkpoint is not on the Hub yet: replace {md_code(placeholder)} with the path of this folder "
+        "(`surgery push` writes the card again with the repo id)."
+    )
+
+
 def _use_section(directory: Path, record: Provenance, name: str, custom_class: bool, generative: bool) -> str:
     auto = "AutoModelForCausalLM" if generative else "AutoModel"
     remote = ", trust_remote_code=True" if custom_class else ""
-    code = f"""```python
+    where, sentence = load_reference(name)
+    code = f"""{sentence}
+
+```python
 from transformers import {auto}, AutoTokenizer
-model = {auto}.from_pretrained({py_string(name)}{remote})
-tokenizer = AutoTokenizer.from_pretrained({py_string(name)})
+model = {auto}.from_pretrained({py_string(where)}{remote})
+tokenizer = AutoTokenizer.from_pretrained({py_string(where)})
 ```"""
     if not custom_class:
         return f"## Use\n\nA plain {md_code(record.output['architecture'])}; no custom code.\n\n{code}\n"
@@ -180,14 +227,72 @@ tokenizer = AutoTokenizer.from_pretrained({py_string(name)})
 """
 
 
+FINETUNE_LABELS = {
+    "method": "method",
+    "hyperparameters": "settings",
+    "lora_target_modules": "LoRA target modules",
+    "trainable_parameters": "trainable parameters",
+    "total_parameters": "total parameters",
+    "steps": "steps",
+    "total_steps": "steps planned",
+    "resumed_from_step": "resumed from step",
+    "first_loss": "first loss",
+    "final_loss": "final loss",
+    "tokens": "tokens trained on",
+    "train_seconds": "training time (s)",
+    "tokens_per_s": "tokens/s",
+    "tied_layers": "tied layers",
+}
+
+
+SETTINGS_SHOWN_ELSEWHERE = ("model", "data", "data_dir", "plan", "method")  # finetune's record of its options
+
+
+def _data_text(data: Any) -> str:
+    """The fine-tuning data in words: its name, where it came from (a Hub dataset, or a local file named by its
+    file name, never its path) and the counts recorded."""
+    if not isinstance(data, dict):
+        return readable(data)
+    location = str(data.get("location") or "")
+    name = md_text(Path(str(data.get("name") or location or "unnamed")).name)
+    if location.startswith("hub:"):  # finetune's record of a Hub dataset: hub:owner/name/config/split
+        where = f" (Hub dataset {md_code(location.removeprefix('hub:'))})"
+    elif location:
+        digest = f", sha256 {md_code(data['sha256'])}" if data.get("sha256") else ""
+        where = f" (local file {md_code(Path(location).name)}{digest})"
+    else:
+        where = ""
+    examples, available = data.get("examples"), data.get("available")
+    counts = [
+        f"{readable(examples)} examples" + (f" of {readable(available)}" if available not in (None, examples) else "")
+        if examples is not None
+        else "",
+        f"loss on {md_text(data['loss_on'])}" if data.get("loss_on") else "",
+        f"{readable(data['tokens'])} tokens" if data.get("tokens") is not None else "",
+        f"{readable(data['truncated'])} truncated" if data.get("truncated") else "",
+        f"{readable(data['dropped'])} dropped" if data.get("dropped") else "",
+    ]
+    counted = "; ".join(part for part in counts if part)
+    return f"{name}{where}" + (f": {counted}" if counted else "")
+
+
 def _finetune_section(stage: Stage | None) -> str:
+    """``## Fine-tuning``: the recorded data and settings as readable lines (never raw JSON or a local path)."""
     if stage is None:
         return ""
-    rows = "\n".join(f"| {md_text(key)} | {_cell(value)} |" for key, value in stage.details.items())
-    table = f"| setting | value |\n|---|---|\n{rows}\n" if rows else ""
+    details = dict(stage.details)
+    lines = [f"- data: {_data_text(details.pop('data'))}"] if "data" in details else []
+    settings = details.get("hyperparameters")
+    if isinstance(settings, dict):  # what the model, data and plan were is said elsewhere, without their paths
+        details["hyperparameters"] = {k: v for k, v in settings.items() if k not in SETTINGS_SHOWN_ELSEWHERE}
+    for key, value in details.items():
+        if value is None:
+            continue
+        label = FINETUNE_LABELS.get(key, key.replace("_", " "))
+        lines.append(f"- {md_text(label)}: {readable(value)}")
     return (
         f"## Fine-tuning\n\nAfter the surgery the weights were fine-tuned with surgery "
-        f"{md_text(stage.surgery_version)} ({md_text(stage.date)}):\n\n{table}"
+        f"{md_text(stage.surgery_version)} ({md_text(stage.date)}):\n\n" + "\n".join(lines) + "\n"
     )
 
 
@@ -197,14 +302,10 @@ def _later_stages_section(record: Provenance) -> str:
         return ""
     rows = "\n".join(
         f"| {md_text(stage.stage)} | {md_text(stage.date)} | {md_text(stage.surgery_version)} | "
-        f"{', '.join(f'{md_text(k)}={_cell(v)}' for k, v in stage.details.items())} |"
+        f"{'; '.join(f'{md_text(k)} {readable(v)}' for k, v in stage.details.items())} |"
         for stage in stages
     )
     return f"## Later stages\n\n| stage | date (UTC) | surgery | details |\n|---|---|---|---|\n{rows}\n"
-
-
-def _cell(value: Any) -> str:
-    return md_text(value if isinstance(value, str) else json.dumps(value))
 
 
 def _plan_section(record: Provenance) -> str:
@@ -244,13 +345,15 @@ def render_model_card(
 ) -> str:
     """The README.md text of the checkpoint in ``directory``.
 
-    ``name`` is what the user loads: the directory name, or the repo id once pushed.
+    ``name`` is the title and what the user loads: a Hub repo id (pushed, or ``--name owner/model``) goes into
+    the load snippet as is; any other name (the folder's) becomes a ``path/to/NAME`` placeholder
+    (:func:`load_reference`).
     """
     extras = extras or CardExtras()
     plan, source, output = record.plan, record.source, record.output
     ops = _ops_in(plan.canonical)
     finetune = last_stage(record, "finetune")
-    base_model = base_model_of(source)
+    base_model = base_model_of(source, record.base_model)
     tags = ["surgery", "layer-surgery", *ops, *(["custom_code"] if custom_class else []), *extras.tags]
     front: dict[str, Any] = {"library_name": "transformers"}
     if base_model:
@@ -272,9 +375,9 @@ def render_model_card(
         changed = "Layers were dropped, reordered, repeated or run in parallel, then the weights were fine-tuned."
     else:
         changed = (
-            "No weights were trained or changed: layers were only dropped, reordered, repeated or run in "
-            "parallel. Expect lower quality than the source model, most of all on math and reasoning."
+            "No weights were trained or changed: layers were only dropped, reordered, repeated or run in parallel."
         )
+    changed += " " + (extras.measured_quality or PAPER_FINDING)
     weights = md_text(", ".join(map(str, output.get("tensor_dtypes") or [])))
     if output.get("total_bytes"):
         weights += f" ({format_bytes(int(output['total_bytes']))})"

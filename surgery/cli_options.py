@@ -37,6 +37,16 @@ def revision_option() -> Decorator:
     return click.option("--revision", help="Hub revision (branch, tag or commit) when MODEL is a Hub id.")
 
 
+def base_model_option() -> Decorator:
+    """``--base-model OWNER/NAME``: the Hub model a local or GGUF source is a copy of (the card's ``base_model``)."""
+    return click.option(
+        "--base-model",
+        help="The Hub model (owner/name) the source model is a copy of (e.g. a local folder or GGUF file): the "
+        "card's base_model, linking a pushed variant to its parent in the Hub's model tree. Kept in surgery.json "
+        "[default: the source's Hub id, or the one the GGUF metadata names].",
+    )
+
+
 def trust_remote_code_option() -> Decorator:
     return click.option(
         "--trust-remote-code",

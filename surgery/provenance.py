@@ -58,6 +58,9 @@ class Provenance(BaseModel):
     # What the model card shows as measured (eval / baseline / bench payloads, validated and trimmed by
     # surgery.publish.measurements); set by `surgery card` / `surgery push`, absent until then.
     measurements: dict[str, Any] | None = None
+    # The Hub model the source is a copy of (``--base-model owner/name`` of apply, card or push): the card's
+    # ``base_model``, so a pushed variant links to its parent in the Hub's model tree. Absent until given.
+    base_model: str | None = None
 
     def add_stage(self, stage: str, **details: Any) -> Stage:
         """Append a stage (with this package's version and the UTC time) and return it."""
@@ -69,9 +72,9 @@ class Provenance(BaseModel):
         atomic_write_text(Path(directory) / PROVENANCE_FILE, self.to_json())
 
     def to_json(self) -> str:
-        """The text of ``surgery.json`` (``measurements`` left out while there are none)."""
-        exclude = {"measurements"} if self.measurements is None else None
-        return self.model_dump_json(indent=2, exclude=exclude) + "\n"
+        """The text of ``surgery.json`` (``measurements`` and ``base_model`` left out while there are none)."""
+        exclude = {key for key in ("measurements", "base_model") if getattr(self, key) is None}
+        return self.model_dump_json(indent=2, exclude=exclude or None) + "\n"
 
     @classmethod
     def read(cls, directory: Path) -> Provenance | None:

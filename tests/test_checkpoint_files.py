@@ -134,7 +134,7 @@ def test_no_written_file_names_the_temporary_directory(plan, tiny_checkpoints, t
             assert temporary not in path.read_text(), path.name
             assert ".surgery-tmp-" not in path.read_text(), path.name
     card = (out / "README.md").read_text()
-    assert "# my-variant\n" in card and 'from_pretrained("my-variant"' in card
+    assert "# my-variant\n" in card and 'from_pretrained("path/to/my-variant"' in card
     assert "https://github.com/surgery-tools/surgery" in card
 
 

@@ -167,6 +167,10 @@ def test_heatmap_and_similarity_recipes(tiny, tmp_path, one_thread):
     written = plot_run(tmp_path / "sim")
     assert tmp_path / "sim" / "plots" / "layer_stats.png" in written
     assert (tmp_path / "sim" / records[1]["files"] / "matrix.npy").is_file()
+    last = json.loads((tmp_path / "sim" / records[1]["files"] / "similarity.json").read_text())["hidden_states"]
+    assert records[1]["metrics"]["last_text_norm"] == round(last["mean_norm_text_tokens"][-1], 4)  # the plot's
+    summary = (tmp_path / "sim" / "summary.md").read_text()
+    assert f"| {records[1]['metrics']['last_text_norm']} (after final norm) |" in summary
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from surgery.cli_options import quiet_option
+from surgery.cli_options import base_model_option, quiet_option
 from surgery.config import config_from_options
 from surgery.publish.config import CardConfig, PushConfig
 
@@ -58,10 +58,12 @@ def _summary(card) -> str:
 @measurement_options
 @click.option(
     "--name",
-    help="The model id the card tells users to load [default: the repo id of the last push, else the folder name].",
+    help="The Hub repo id (owner/name) the card tells users to load [default: the repo id of the last push; else "
+    "the card shows a path/to/FOLDER placeholder to replace].",
 )
+@base_model_option()
 @click.option("--print", "show", is_flag=True, help="Print the card after writing it.")
-def card(checkpoint, eval_files, baseline, bench, name, show):
+def card(checkpoint, eval_files, baseline, bench, name, base_model, show):
     """Re-render CHECKPOINT's README.md model card from its surgery.json and measurement files; no network.
 
     Results given once (--eval/--baseline/--bench) are kept in surgery.json, so later `surgery card` and
@@ -75,6 +77,7 @@ def card(checkpoint, eval_files, baseline, bench, name, show):
         baseline=baseline,
         bench=bench,
         name=name,
+        base_model=base_model,
     )
     from surgery.publish.render import update_card
 
@@ -105,6 +108,7 @@ def card(checkpoint, eval_files, baseline, bench, name, show):
     show_default=True,
     help="Environment variable holding a Hub token with write access.",
 )
+@base_model_option()
 @quiet_option()
 def push(
     checkpoint,
@@ -118,6 +122,7 @@ def push(
     include_onnx,
     dry_run,
     token_env,
+    base_model,
     quiet,
 ):
     """Publish the `surgery apply` output CHECKPOINT to the Hub as the model REPO_ID (owner/name).
@@ -140,6 +145,7 @@ def push(
         include_onnx=include_onnx,
         dry_run=dry_run,
         token_env=token_env,
+        base_model=base_model,
     )
     from surgery.card import plain_line
     from surgery.fileio import format_bytes, format_table

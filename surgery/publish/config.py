@@ -13,6 +13,27 @@ REPO_TYPE_PREFIXES = ("datasets/", "spaces/", "models/")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def model_repo_id(value: str) -> str:
+    """``value`` if it is a Hub model id ``owner/name`` (as ``huggingface_hub.validate_repo_id`` accepts it);
+    ``ValueError`` with one line saying why not. Used for ``push``'s REPO_ID and every ``--base-model``."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if value.startswith(REPO_TYPE_PREFIXES):
+        raise ValueError(f"{value!r}: give the model repo id as owner/name (a checkpoint is a model repository)")
+    if value.count("/") != 1 or value.startswith(("/", ".", "~")):
+        raise ValueError(f"{value!r} must be owner/name (your user name or an organization, then the model name)")
+    try:
+        validate_repo_id(value)
+    except HFValidationError as exc:
+        raise ValueError(str(exc).splitlines()[0]) from None
+    return value
+
+
+def base_model_id(value: str | None) -> str | None:
+    """``--base-model``: None, or a Hub model id ``owner/name`` (see :func:`model_repo_id`)."""
+    return None if value is None else model_repo_id(value)
+
+
 class CardInputs(CommandConfig):
     """Which checkpoint, and the measurement files whose results its card shows (kept ones when not given)."""
 
@@ -20,6 +41,12 @@ class CardInputs(CommandConfig):
     eval_files: list[Path] = Field(default_factory=list)
     baseline: Path | None = None
     bench: Path | None = None
+    base_model: str | None = None  # the Hub model the source is a copy of; kept in surgery.json once given
+
+    @field_validator("base_model")
+    @classmethod
+    def _base_model(cls, value: str | None) -> str | None:
+        return base_model_id(value)
 
 
 class CardConfig(CardInputs):
@@ -42,17 +69,7 @@ class PushConfig(CardInputs):
     @field_validator("repo_id")
     @classmethod
     def _model_repo_id(cls, value: str) -> str:
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-        if value.startswith(REPO_TYPE_PREFIXES):
-            raise ValueError(f"{value!r}: give the model repo id as owner/name (a checkpoint is a model repository)")
-        if value.count("/") != 1:
-            raise ValueError(f"{value!r} must be owner/name (your user name or an organization, then the model name)")
-        try:
-            validate_repo_id(value)
-        except HFValidationError as exc:
-            raise ValueError(str(exc).splitlines()[0]) from None
-        return value
+        return model_repo_id(value)
 
     @field_validator("token_env")
     @classmethod

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from surgery.bench.schema import BenchPayload
 from surgery.card import plain_line
@@ -30,6 +30,7 @@ from surgery.errors import SurgeryError
 from surgery.fileio import sha256_file
 from surgery.io.model_ref import read_json_object
 from surgery.provenance import Provenance
+from surgery.publish.labels import bench_label, without_paths
 
 NOT_METRICS = ("sample_len",)
 CONFIG_KEYS = (
@@ -102,13 +103,6 @@ def _plain_scalar(value: Any) -> bool:
     return isinstance(value, str) and SAFE_VALUE.fullmatch(value) is not None
 
 
-def public_name(text: str) -> str:
-    """A model reference fit for a public card: a Hub id as is, a local path reduced to its last part."""
-    if text.startswith(("/", "~", ".")) or "\\" in text or text.count("/") > 1:
-        return Path(text).name
-    return text
-
-
 class Metric(BaseModel):
     """One metric of one task: lm-eval's key (``acc_norm,none``), value and standard error."""
 
@@ -144,7 +138,7 @@ class NormalizedBlock(BaseModel):
     @field_validator("baseline")
     @classmethod
     def _public_baseline(cls, value: str | None) -> str | None:
-        return None if value is None else public_name(value)
+        return None if value is None else Path(value).name  # the base model's results file: its name only
 
 
 class EvalRun(BaseModel):
@@ -184,7 +178,7 @@ class EvalRun(BaseModel):
             return config
         out = {key: config[key] for key in CONFIG_KEYS if key in config}
         if isinstance(config.get("model"), str):
-            out["model"] = public_name(config["model"])
+            out["model"] = bench_label(config["model"])
         if isinstance(config.get("data"), dict):
             out["data"] = {
                 task: {key: info[key] for key in DATA_KEYS if key in info}
@@ -216,7 +210,8 @@ class EvalRun(BaseModel):
 
 class BenchRun(BenchPayload):
     """A ``surgery bench`` file (its schema is :mod:`surgery.bench.schema`) and where it came from, without the
-    local paths it may hold (model paths reduced to their last part, settings to plain values)."""
+    local paths it may hold (models named by :func:`bench_label`, paths in reasons reduced to their last part,
+    settings to plain values)."""
 
     file: str
     sha256: str
@@ -253,9 +248,18 @@ class BenchRun(BenchPayload):
         return out
 
     @model_validator(mode="after")
-    def _public_models(self) -> BenchRun:
+    def _public_models(self, info: ValidationInfo) -> BenchRun:
+        """Every row's model as :func:`bench_label` names it; rows kept in ``surgery.json`` that were labelled
+        so already (``model_label``) stay as they are (a Hub id from the cache stays one when the cache is gone)."""
+        kept = bool(info.context and info.context.get("kept"))
+        numbers: dict[str, int] = {}
         for row in self.results:
-            row.model = public_name(row.model)
+            number = numbers.setdefault(row.model, len(numbers) + 1)
+            if not (kept and getattr(row, "model_label", False) is True):
+                row.model = bench_label(row.model, number)
+            row.model_label = True
+            row.skipped = None if row.skipped is None else without_paths(row.skipped)
+            row.bound_note = None if row.bound_note is None else without_paths(row.bound_note)
         return self
 
 
@@ -399,7 +403,7 @@ def kept_measurements(stored: dict[str, Any], replaced: set[str]) -> Measurement
             problem = "no eval results are shown beside it"
         else:
             try:
-                value = Measurements.model_validate({kind: stored[kind]})
+                value = Measurements.model_validate({kind: stored[kind]}, context={"kept": True})
                 found = non_finite(value.model_dump(by_alias=True))
                 problem = f"{found}: not a finite number" if found else None
             except ValidationError as exc:

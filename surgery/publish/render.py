@@ -11,6 +11,7 @@ from surgery.io.model_ref import first_line
 from surgery.provenance import Provenance
 from surgery.publish.checkpoint import Checkpoint, read_checkpoint
 from surgery.publish.config import CardConfig, CardInputs
+from surgery.publish.labels import variant_label
 from surgery.publish.measurements import Measurements, resolve_measurements
 from surgery.publish.results import OnnxExport, card_extras
 
@@ -34,7 +35,10 @@ def render_card(
     )
     record = checkpoint.record.model_copy(deep=True)
     record.measurements = measurements.dump()
-    text = checkpoint.render_card(record, name=name, extras=card_extras(measurements, name=name, onnx=onnx))
+    if inputs.base_model is not None:
+        record.base_model = inputs.base_model
+    extras = card_extras(measurements, name=name, onnx=onnx, own_label=variant_label(record))
+    text = checkpoint.render_card(record, name=name, extras=extras)
     return RenderedCard(record, hub_checked(text), measurements, name)
 
 
@@ -55,7 +59,10 @@ def update_card(config: CardConfig) -> tuple[Path, RenderedCard]:
     """Re-render README.md in place (and keep the measurements in ``surgery.json``); returns the card's path."""
     checkpoint = read_checkpoint(config.checkpoint)
     card = render_card(checkpoint, config, name=config.name or checkpoint.default_name())
-    if card.record.measurements != checkpoint.record.measurements:
+    if (card.record.measurements, card.record.base_model) != (
+        checkpoint.record.measurements,
+        checkpoint.record.base_model,
+    ):
         card.record.write(checkpoint.path)
     path = checkpoint.path / "README.md"
     atomic_write_text(path, card.text)

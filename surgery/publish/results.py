@@ -213,25 +213,65 @@ def _plain(mapping: dict[str, Any]) -> str:
     return ", ".join(part for part in parts if part)
 
 
-def _bench_row(row: BenchResult) -> list[str]:
+NOISY = "noisy"  # a ratio cell's mark when bench's rounds disagreed
+UNCHECKED = "unchecked"  # a ratio cell's mark when the bench file predates round-by-round agreement checks
+
+
+def ratio_cell(row: BenchResult, key: str) -> str:
+    """A ratio as the card may state it: plain when bench's rounds agreed; with the rounds' spread and
+    ``noisy`` when they did not (never as a bare number); ``unchecked`` when the file has no agreement check."""
+    value = getattr(row, key)
+    if value is None:
+        return "-"
+    if row.noisy is None:
+        return f"{fmt(value)} ({UNCHECKED})"
+    if row.noisy and (key in (row.noisy_ratios or []) or not row.noisy_ratios):
+        spread = getattr(row, f"{key}_spread", None)
+        rounds = f"rounds {fmt(spread.min)}–{fmt(spread.max)}; " if spread is not None else ""
+        return f"{fmt(value)} ({rounds}{NOISY})"
+    return fmt(value)
+
+
+def _bench_row(row: BenchResult, own_label: str | None) -> list[str]:
+    label = md_text(row.model) + (" (this model)" if own_label is not None and row.model == own_label else "")
     if row.prefill_ms is None or row.decode_ms_per_token is None:
         skipped = md_text(row.skipped or "no timings")
-        return [md_text(row.model), md_text(row.backend), f"not measured ({skipped})", "", "", "", "", ""]
+        return [label, md_text(row.backend), f"not measured ({skipped})", "", "", "", "", ""]
     prefill = row.prefill_ms
     return [
-        md_text(row.model),
+        label,
         md_text(row.backend),
         f"{prefill.median:.2f} ({prefill.min:.2f}–{prefill.max:.2f})",
         f"{row.decode_ms_per_token.median:.2f}",
         "-" if row.tokens_per_s is None else f"{row.tokens_per_s:.1f}",
         "-" if row.peak_memory_mb is None else f"{row.peak_memory_mb:.0f}",
-        fmt(row.ratio_prefill),
-        fmt(row.ratio_decode),
+        ratio_cell(row, "ratio_prefill"),
+        ratio_cell(row, "ratio_decode"),
     ]
 
 
-def bench_section(bench: BenchRun | None) -> str:
-    """``## Latency``: every row of the ``surgery bench`` file with its ratios, and the machine it ran on."""
+def _ratio_warnings(bench: BenchRun) -> str:
+    """What the marks in the ratio columns mean, for the marks the table uses."""
+    cells = [ratio_cell(row, key) for row in bench.results for key in ("ratio_prefill", "ratio_decode")]
+    notes = []
+    if any(cell.endswith(f"{NOISY})") for cell in cells):
+        notes.append(
+            f"**Warning: ratios marked {NOISY} are not a measurement to rely on.** `surgery bench` measured the "
+            "models round by round and the per-round ratios disagreed by more than the tolerance (the machine was "
+            "busy, or the difference is within its noise); the range shown is the rounds' lowest and highest."
+        )
+    if any(cell.endswith(f"{UNCHECKED})") for cell in cells):
+        notes.append(
+            f"Ratios marked {UNCHECKED} come from a bench file written before `surgery bench` measured the models "
+            "round by round: whether they hold in another order or on a quieter machine was not checked (run "
+            "`surgery bench` again, then `surgery card --bench`)."
+        )
+    return "".join(f"\n{note}\n" for note in notes)
+
+
+def bench_section(bench: BenchRun | None, own_label: str | None = None) -> str:
+    """``## Latency``: every row of the ``surgery bench`` file with its ratios, and the machine it ran on. Rows
+    name models by label (:func:`~surgery.publish.measurements.bench_label`); ``own_label`` marks this checkpoint."""
     if bench is None:
         return ""
     headers = [
@@ -245,13 +285,21 @@ def bench_section(bench: BenchRun | None) -> str:
         "decode ratio",
     ]
     table = "| " + " | ".join(headers) + " |\n|" + "---|" * len(headers) + "\n"
-    table += "\n".join("| " + " | ".join(_bench_row(row)) + " |" for row in bench.results)
+    table += "\n".join("| " + " | ".join(_bench_row(row, own_label)) + " |" for row in bench.results)
     settings = f" Settings: {_plain(bench.settings)}." if _plain(bench.settings) else ""
+    rounds = [row.rounds for row in bench.results if row.rounds]
+    if rounds:
+        ratio = (
+            f"The models were measured round by round ({max(rounds)} rounds, every model in every round); a ratio "
+            "is the median over rounds of a row's time divided by that of the first model on the same backend in "
+            "the same round"
+        )
+    else:
+        ratio = "A ratio is a row's median time divided by that of the first model measured on the same backend"
     return (
         f"## Latency\n\nMeasured with `surgery bench` ({md_code(bench.file)}, sha256 `{bench.sha256[:16]}…`) on "
-        f"{_plain(bench.machine) or 'an unrecorded machine'}.{settings} A ratio is a row's median time divided by "
-        f"that of the first model measured on the same backend (below 1 is faster); the times hold for that "
-        f"machine only.\n\n{table}\n"
+        f"{_plain(bench.machine) or 'an unrecorded machine'}.{settings} {ratio} (below 1 is faster); the times "
+        f"hold for that machine only.\n\n{table}\n{_ratio_warnings(bench)}"
     )
 
 
@@ -285,9 +333,28 @@ model = {cls}.from_pretrained({py_string(name)}, subfolder="onnx")
 """
 
 
-def card_extras(measurements: Measurements, *, name: str, onnx: OnnxExport | None = None) -> CardExtras:
-    """The card sections and ``model-index`` for ``measurements`` (and an uploaded ONNX export)."""
-    sections = [section for section in (eval_section(measurements), bench_section(measurements.bench)) if section]
+def measured_quality(measurements: Measurements) -> str | None:
+    """The card's sentence on this checkpoint's quality when it was measured (instead of the paper's finding)."""
+    if not measurements.eval:
+        return None
+    normalized = measurements.normalized() or {}
+    tasks = len(measurements.merged_results())
+    if normalized.get("median") is not None:
+        return (
+            f"Measured on this checkpoint: a median normalized score of {fmt(normalized['median'])} over "
+            f"{normalized['num_tasks']} task(s) (1 = the base model, 0 = chance; see Results)."
+        )
+    return f"Its scores on {tasks} task(s) were measured on this checkpoint (see Results)."
+
+
+def card_extras(
+    measurements: Measurements, *, name: str, onnx: OnnxExport | None = None, own_label: str | None = None
+) -> CardExtras:
+    """The card sections and ``model-index`` for ``measurements`` (and an uploaded ONNX export); ``own_label``
+    is how the latency table names this checkpoint."""
+    sections = [
+        section for section in (eval_section(measurements), bench_section(measurements.bench, own_label)) if section
+    ]
     if onnx is not None:
         sections.append(onnx_section(onnx, name))
     metadata = {}
@@ -297,4 +364,9 @@ def card_extras(measurements: Measurements, *, name: str, onnx: OnnxExport | Non
 
         model_index = ModelCardData(model_name=meta_text(name), eval_results=results).to_dict()["model-index"]
         metadata["model-index"] = model_index
-    return CardExtras(sections=sections, metadata=metadata, tags=["onnx"] if onnx is not None else [])
+    return CardExtras(
+        sections=sections,
+        metadata=metadata,
+        tags=["onnx"] if onnx is not None else [],
+        measured_quality=measured_quality(measurements),
+    )

@@ -175,24 +175,31 @@ def plot_heatmap(manifest: dict[str, Any], records: list[dict[str, Any]], path: 
     return path
 
 
+def similarity_folder(run_dir: Path, record: dict[str, Any]) -> Path:
+    """The folder of a similarity record's files, refused when ``sweep.json``/results name one outside the run's
+    similarity folder."""
+    from surgery.errors import SurgeryError
+    from surgery.sweep.report import SIMILARITY_DIR
+
+    inside = (Path(run_dir) / SIMILARITY_DIR).resolve()
+    folder = (Path(run_dir) / str(record["files"])).resolve()
+    if inside not in folder.parents:
+        raise SurgeryError(f"{run_dir}: a result names files outside {inside} ({str(record['files'])[:200]!r})")
+    return folder
+
+
 def plot_similarity(manifest: dict[str, Any], records: list[dict[str, Any]], run_dir: Path, out: Path) -> list[Path]:
     """One similarity heatmap per variant and one hidden-state statistics figure for all of them."""
     from surgery.analysis.plots import plot_heatmap as similarity_heatmap
     from surgery.analysis.plots import plot_layer_stats
     from surgery.analysis.report import read_result
-    from surgery.errors import SurgeryError
-    from surgery.sweep.report import SIMILARITY_DIR
 
     spec = manifest["recipe_spec"]
     paths, series, taken = [], [], set()
-    inside = (Path(run_dir) / SIMILARITY_DIR).resolve()
     for record in records:
         if "files" not in record:
             continue
-        folder = (Path(run_dir) / str(record["files"])).resolve()
-        if inside not in folder.parents:
-            raise SurgeryError(f"{run_dir}: a result names files outside {inside} ({str(record['files'])[:200]!r})")
-        result = read_result(folder)
+        result = read_result(similarity_folder(run_dir, record))
         name = figure_name(str(record["variant"]) + "".join(f"_{k}{v}" for k, v in record["params"].items()), taken)
         title = (
             f"Fig {spec['figure']}: avg. cosine similarity, {record['plan']}\n{manifest['model']['name']}; "
@@ -212,21 +219,47 @@ def _fmt(value: float | None, se: float | None = None) -> str:
     return f"{value:.3f}" if se is None else f"{value:.3f} ± {se:.3f}"
 
 
-def summary_table(manifest: dict[str, Any], records: list[dict[str, Any]]) -> str:
-    """Markdown: one row per variant (per seed-aggregate where the recipe has one) with every task and the score."""
+def _last_norm(metrics: dict[str, Any], run_dir: Path | None, record: dict[str, Any]) -> str:
+    """The summary's last text-token norm cell: the plot's last point, saying whether it is after the final
+    norm. A record written before this field (it held the entry before the last one) is read from its files."""
+    if "last_text_norm" not in metrics and run_dir is not None and "files" in record:
+        from surgery.analysis.report import read_result
+
+        result = read_result(similarity_folder(run_dir, record))
+        metrics = {"last_text_norm": round(float(result.mean_norm_text[-1]), 4)}
+        metrics["last_entry_final_norm"] = result.final_norm_applied
+    if "last_text_norm" in metrics:
+        value = metrics["last_text_norm"]
+        if value is None:
+            return "-"
+        return f"{value} (after final norm)" if metrics.get("last_entry_final_norm") else f"{value} (no final norm)"
+    old = metrics.get("final_text_norm")
+    return "-" if old is None else f"{old} (entry before the last one; older record)"
+
+
+def summary_table(manifest: dict[str, Any], records: list[dict[str, Any]], run_dir: Path | None = None) -> str:
+    """Markdown: one row per variant (per seed-aggregate where the recipe has one) with every task and the score.
+    ``run_dir``: where a similarity record's files are (for records written before ``last_text_norm``)."""
     spec, kind = manifest["recipe_spec"], manifest["recipe_spec"]["kind"]
     lines = [f"# Fig {spec['figure']}: {spec['title']}", "", f"Paper: {spec['finding']}", ""]
     lines.append(f"Model {manifest['model']['given']} (T = {manifest['model']['layers']}); limit {manifest['limit']}.")
     lines.append("")
     if kind == "similarity":
         lines += [
-            "| variant | plan | texts | tokens | mean similarity (inner entries) | final text-token norm |",
+            "| variant | plan | texts | tokens | mean similarity (inner entries) | last text-token norm |",
             "|---|---|---|---|---|---|",
         ]
         for r in records:
             m = r["metrics"]
-            row = [r["label"], f"`{r['plan']}`", r["n"], m["tokens"], m["mean_similarity_inner"], m["final_text_norm"]]
+            norm = _last_norm(m, run_dir, r)
+            row = [r["label"], f"`{r['plan']}`", r["n"], m["tokens"], m["mean_similarity_inner"], norm]
             lines.append("| " + " | ".join(str(c) for c in row) + " |")
+        lines += [
+            "",
+            "Last text-token norm: the mean L2 norm over text tokens of the last hidden-state entry, the last point "
+            "of layer_stats.png: after the model's final norm where it has one (marked), else after the last "
+            "executed step.",
+        ]
         return "\n".join(lines) + "\n"
     rows = aggregate(score_rows(records, kind), spec.get("aggregate"))
     order = {name: index for index, name in reversed(list(enumerate(v["name"] for v in manifest["variants"])))}
@@ -293,5 +326,5 @@ def plot_run(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
         paths.append(plot_heatmap(manifest, records, figures / f"{name}.png"))
     elif plot == "similarity" or kind == "similarity":
         paths += plot_similarity(manifest, records, Path(run_dir), figures)
-    atomic_write_text(out / SUMMARY, summary_table(manifest, records))
+    atomic_write_text(out / SUMMARY, summary_table(manifest, records, Path(run_dir)))
     return [*paths, out / SUMMARY]

@@ -162,7 +162,9 @@ class SimilarityWorker(Worker):
             "entries": size,
             "tokens": result.num_tokens,
             "mean_similarity_inner": round(float(np.mean(middle)), 6) if middle.size else None,
-            "final_text_norm": round(float(result.mean_norm_text[-2]), 4) if size > 2 else None,
+            # the last entry, the plot's last point: after the final norm where the model has one
+            "last_text_norm": round(float(result.mean_norm_text[-1]), 4) if size > 1 else None,
+            "last_entry_final_norm": result.final_norm_applied,
         }
         return JobResult(metrics=metrics, n=result.num_texts, artifact=result)
 
