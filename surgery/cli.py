@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from surgery import __version__
-from surgery.cli_options import allow_pickle_option, plan_option, quiet_option, revision_option
+from surgery.cli_options import allow_pickle_option, base_model_option, plan_option, quiet_option, revision_option
 from surgery.errors import SurgeryError
 from surgery.io.hub import redact_url_secrets
 
@@ -181,7 +181,14 @@ def main(ctx: click.Context, debug: bool) -> None:
     type=click.Choice(["float32", "float16", "bfloat16"]),
     help="Store floating tensors in this dtype (default: source dtype).",
 )
-@click.option("--shard-size", default="5GB", show_default=True, help="Maximum safetensors shard size.")
+@click.option(
+    "--shard-size",
+    default="5GB",
+    show_default=True,
+    help="Maximum safetensors shard size. From a safetensors source, output shards also end where the source's "
+    "files end (each shard copies from one source file, page-aligned, at the speed of cp), so a model can have "
+    "more, smaller shards than this size asks for.",
+)
 @click.option("--tie-repeats", is_flag=True, help="Store each unique layer once (uses the surgery model class).")
 @click.option(
     "--surgery-class",
@@ -194,6 +201,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     help="Surgery class: run a parallel block's members one by one instead of fused (same numbers, slower).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
+@base_model_option()
 @revision_option()
 @allow_pickle_option()
 @quiet_option()
@@ -207,6 +215,7 @@ def apply(
     surgery_class,
     no_fuse,
     overwrite,
+    base_model,
     revision,
     allow_pickle,
     quiet,
@@ -224,6 +233,7 @@ def apply(
         surgery_class=surgery_class,
         fuse_parallel=not no_fuse,
         overwrite=overwrite,
+        base_model=base_model,
         revision=revision,
         allow_pickle=allow_pickle,
         progress=not quiet,
@@ -333,14 +343,31 @@ def _short(value, limit: int = 160) -> str:
 
 
 def _detected_layers(config: dict, execution) -> tuple[str, dict]:
-    """The detected block list and ``{per-layer config key: (source value, output value)}`` for ``plan show``."""
-    from surgery.architectures import spec_from_detection, transformers_config
+    """The detected block list and ``{per-layer config key: (source value, output value)}`` for ``plan show``.
+
+    Detection comes from, and goes to, the detection cache (:mod:`surgery.io.detection_cache`, keyed by the
+    config's content): a cached config whose layers are identical and whose per-layer keys are lists in the file
+    is answered from the file alone, without importing torch or transformers.
+    """
+    from surgery.architectures import spec_from_detection
+    from surgery.io import detection_cache
+    from surgery.plan.layer_config import raw_layer_config_updates
+
+    sources = list(execution.instances)
+    cached = detection_cache.load(config)
+    if cached is not None and detection_cache.plain_from_raw(cached, config):
+        updates = raw_layer_config_updates(config, spec_from_detection(cached), sources)
+        keys = {cached.count_key: None, **dict.fromkeys(updates)}
+        return cached.layer_path, {key: (config.get(key), updates.get(key, config.get(key))) for key in keys}
+    from surgery.architectures import transformers_config
     from surgery.detect import detect
     from surgery.plan.layer_config import layer_config_updates
 
     source = transformers_config(config)
     detection = detect(source)
-    updates = layer_config_updates(source, spec_from_detection(detection), list(execution.instances))
+    if config.get("model_type") != "surgery":  # a surgery checkpoint is detected as its source architecture
+        detection_cache.store(config, detection)
+    updates = layer_config_updates(source, spec_from_detection(detection), sources)
     keys = {detection.count_key: None, **dict.fromkeys(updates)}
     changes = {key: (getattr(source, key, None), updates.get(key, getattr(source, key, None))) for key in keys}
     return detection.layer_path, changes

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from surgery.architectures import (
     ArchSpec,
@@ -55,7 +55,7 @@ from surgery.io.safetensors_stream import (
 from surgery.io.source import SourceModel, copy_side_files, resolve_source
 from surgery.modeling import MODELING_FILES
 from surgery.plan import ExecutionPlan, LayerPlan, load_plan, resolve_plan
-from surgery.plan.layer_config import check_layer_config, layer_config_updates
+from surgery.plan.layer_config import check_layer_config, layer_config_updates, raw_layer_config_updates
 from surgery.provenance import PlanRecord, Provenance
 
 DTYPE_CHOICES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
@@ -74,6 +74,14 @@ class ApplyOptions(CommandConfig):
     revision: str | None = None
     allow_pickle: bool = False
     progress: bool = False  # GGUF dequantization progress on stderr (the CLI sets it unless --quiet)
+    base_model: str | None = None  # --base-model: the Hub model the source is a copy of (surgery.json, the card)
+
+    @field_validator("base_model")
+    @classmethod
+    def _base_model(cls, value: str | None) -> str | None:
+        from surgery.publish.config import base_model_id
+
+        return base_model_id(value)
 
 
 @dataclass
@@ -236,17 +244,6 @@ class SourceArch:
     signatures: tuple[str, ...]
 
 
-def _plain_from_raw(detection, raw: dict) -> bool:
-    """Whether a plain output can be configured from ``config.json`` alone: identical layers, per-layer keys
-    stored as lists in the file, no index lists or structural scalars to rewrite (nothing needs transformers)."""
-    return (
-        len(set(detection.signatures)) == 1
-        and not detection.index_keys
-        and not detection.structural_keys
-        and all(isinstance(raw.get(key), list) for key in detection.per_layer_keys)
-    )
-
-
 def _detect_source(source: SourceModel, raw: dict, num_layers: int, custom: bool) -> SourceArch:
     """Detect the source architecture on a meta-device instance of its config (no weights).
 
@@ -256,7 +253,7 @@ def _detect_source(source: SourceModel, raw: dict, num_layers: int, custom: bool
     from surgery.io import detection_cache
 
     cached = detection_cache.load(raw)
-    if cached is not None and not custom and _plain_from_raw(cached, raw):
+    if cached is not None and not custom and detection_cache.plain_from_raw(cached, raw):
         return SourceArch(raw, None, spec_from_detection(cached), cached.signatures)
     from surgery.detect import detect
 
@@ -273,9 +270,7 @@ def _detect_source(source: SourceModel, raw: dict, num_layers: int, custom: bool
 def _layer_config(arch: SourceArch, sources: list[int]) -> dict:
     """Config values for output layers ``sources`` (checked on a meta instance unless nothing moved)."""
     if arch.config is None:  # identical layers, per-layer lists in the file: follow the layers
-        updates = {arch.spec.count_key: len(sources)}
-        updates.update({key: [arch.raw[key][i] for i in sources] for key in arch.spec.per_layer_config})
-        return updates
+        return raw_layer_config_updates(arch.raw, arch.spec, sources)
     updates = layer_config_updates(arch.config, arch.spec, sources)
     if list(sources) != list(range(arch.config.num_hidden_layers)):
         check_layer_config(arch.config, arch.spec, arch.signatures, sources, updates)
@@ -314,6 +309,7 @@ def _provenance(
             "total_bytes": sum(tensor.nbytes for tensor in tensor_map.tensors),
         },
     )
+    record.base_model = options.base_model
     record.add_stage("apply", plan=plan.canonical, dtype=options.dtype, shard_size=options.shard_size)
     return record
 
@@ -337,6 +333,8 @@ def apply_plan(
     protect = [ref.path] if ref.path is not None else []
     check_output_dir(Path(out_dir), overwrite=options.overwrite, protect=protect)
     plan = load_plan(plan_text)
+    if ref.kind == "gguf":  # the layer count from the file's metadata: a bad plan is refused before dequantizing
+        resolve_plan(plan, layer_count(ref.read_config(), ref.given))
     dtype = DTYPE_CHOICES[options.dtype] if options.dtype else None
     with resolve_source(ref, allow_pickle=options.allow_pickle, progress=options.progress) as source:
         raw_config = read_json_object(source.path / "config.json", f"config.json of {source.given}")

@@ -19,7 +19,7 @@ from resources import minilm_dir as unpack_minilm  # noqa: E402
 from resources import smollm2_gguf  # noqa: E402
 from tiny_models import TINY, save_tiny  # noqa: E402
 
-TIERS = ("integration", "slow", "gpu")
+TIERS = ("integration", "slow", "gpu", "system")
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -14,6 +14,8 @@ import pytest
 from arch_matrix import OPS, check_fresh_process, run_architecture
 from tiny_models import MATRIX_COMMON, matrix_model_types
 
+pytestmark = pytest.mark.system  # the 22-family architecture matrix and a fresh process loading it
+
 ROOT = Path(__file__).resolve().parent.parent
 # The tiny configs of qwen2, gemma2 and gemma3_text put full and sliding layers in one parallel group: each member
 # gets its own mask, and the ops must pass like any other.

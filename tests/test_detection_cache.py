@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from surgery.io import detection_cache
 
 APPLY = """
@@ -24,6 +26,7 @@ def _apply(source, out, cache) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.system  # two fresh interpreters, the first importing torch and transformers
 def test_second_plain_apply_skips_torch_and_transformers(tiny_checkpoints, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     first = _apply(tiny_checkpoints["llama"], tmp_path / "a", cache)
@@ -49,7 +52,7 @@ def test_only_simple_architectures_skip_transformers(tiny_checkpoints):
     from transformers import AutoConfig
 
     from surgery.detect import detect
-    from surgery.materialize import _plain_from_raw
+    from surgery.io.detection_cache import plain_from_raw as _plain_from_raw
 
     for arch, simple in (("llama", True), ("qwen2", False)):
         raw = json.loads((tiny_checkpoints[arch] / "config.json").read_text())

@@ -12,6 +12,16 @@ from transformers import AutoModel, AutoModelForCausalLM
 
 from surgery.materialize import ApplyOptions, apply_plan
 
+# The fast tier checks every plan on Llama (plain and tied) and BERT; the other families run in the system tier
+# (`make test`): the same tests, the matrix that takes most of the unit tier's time otherwise.
+FAST_ARCHES = ("llama", "llama-tied", "bert")
+
+
+def archs(names) -> list:
+    """``names`` as parameters, the families outside :data:`FAST_ARCHES` marked ``system``."""
+    return [pytest.param(name, marks=() if name in FAST_ARCHES else pytest.mark.system) for name in names]
+
+
 TOLERANCE = 1e-4
 
 
@@ -36,7 +46,7 @@ def _input_ids(seed: int = 1, length: int = 12) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("plan", list(EXPECTED_SEQUENCES))
-@pytest.mark.parametrize("arch", list(TINY))
+@pytest.mark.parametrize("arch", archs(TINY))
 def test_checkpoint_matches_reference(arch, plan, tiny_checkpoints, tmp_path):
     out = tmp_path / _slug(plan)
     apply_plan(str(tiny_checkpoints[arch]), plan, out)
@@ -52,7 +62,7 @@ def test_checkpoint_matches_reference(arch, plan, tiny_checkpoints, tmp_path):
         assert (_output(source, arch, ids) - actual).abs().max().item() > 1e-3
 
 
-@pytest.mark.parametrize("arch", list(TINY))
+@pytest.mark.parametrize("arch", archs(TINY))
 def test_tied_repeats_match_reference(arch, tiny_checkpoints, tmp_path):
     plan = "repeat:2-5@3,loop:6-7x2"
     sequence = [0, 1, 3, 3, 3, 3, 6, 7, 6, 7]
@@ -65,7 +75,7 @@ def test_tied_repeats_match_reference(arch, tiny_checkpoints, tmp_path):
 
 
 @pytest.mark.parametrize("surgery_class", [False, True])
-@pytest.mark.parametrize("arch", list(TINY))
+@pytest.mark.parametrize("arch", archs(TINY))
 def test_identity_reproduces_source_exactly(arch, surgery_class, tiny_checkpoints, tmp_path):
     options = ApplyOptions(surgery_class=surgery_class)
     result = apply_plan(str(tiny_checkpoints[arch]), "identity", tmp_path / "out", options)
@@ -99,7 +109,7 @@ CACHE_PLANS = [
 
 
 @pytest.mark.parametrize("plan", CACHE_PLANS)
-@pytest.mark.parametrize("arch", GENERATIVE)
+@pytest.mark.parametrize("arch", archs(GENERATIVE))
 def test_cached_generation_equals_uncached(arch, plan, tiny_checkpoints, tmp_path):
     apply_plan(str(tiny_checkpoints[arch]), plan, tmp_path / "out")
     model = _load(arch, tmp_path / "out")

@@ -14,6 +14,8 @@ from tiny_models import build_tiny
 
 from surgery.materialize import ApplyOptions, apply_plan
 
+pytestmark = pytest.mark.system  # fresh interpreters that import torch and transformers
+
 CHILD = textwrap.dedent(
     """
     import sys

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.system  # builds a wheel; fresh interpreters without the extras
+
 ROOT = Path(__file__).resolve().parent.parent
 ROOTS = {"surgery": "surgery", "exporters": "surgery/exporters", "finetune": "surgery/finetune"}
 EXTRA_MODULES = (

@@ -141,6 +141,17 @@ def load(raw: dict):
     return detection if consistent(detection, raw) else None
 
 
+def plain_from_raw(detection, raw: dict) -> bool:
+    """Whether a plain output can be configured from ``config.json`` alone: identical layers, per-layer keys
+    stored as lists in the file, no index lists or structural scalars to rewrite (nothing needs transformers)."""
+    return (
+        len(set(detection.signatures)) == 1
+        and not detection.index_keys
+        and not detection.structural_keys
+        and all(isinstance(raw.get(key), list) for key in detection.per_layer_keys)
+    )
+
+
 def store(raw: dict, detection) -> None:
     """Keep ``detection`` for this ``config.json`` content (best effort)."""
     path = _path(raw)

@@ -227,17 +227,16 @@ GGUF_REPO_KEYS = ("general.source.huggingface.repository", "general.base_model.0
 
 def _gguf_origin(path: Path) -> dict[str, str]:
     """What a GGUF file's metadata says about its origin: its name and, when recorded, the Hub repository."""
-    from gguf import GGUFReader
+    from surgery.io.gguf_header import read_gguf_metadata
 
-    fields = GGUFReader(str(path)).fields
+    fields = {key: value for key, value in read_gguf_metadata(path).items() if isinstance(value, str)}
     out = {}
     for key, name in (("general.name", "gguf_name"), ("general.organization", "gguf_organization")):
         if key in fields:
-            out[name] = bytes(fields[key].parts[-1]).decode(errors="replace")
+            out[name] = fields[key]
     for key in GGUF_REPO_KEYS:
         if key in fields:
-            value = bytes(fields[key].parts[-1]).decode(errors="replace")
-            out["gguf_repo"] = value.removeprefix("https://huggingface.co/")
+            out["gguf_repo"] = fields[key].removeprefix("https://huggingface.co/")
             break
     return out
 

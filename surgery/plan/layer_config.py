@@ -84,6 +84,14 @@ def layer_config_updates(config, spec, sources: Sequence[int]) -> dict[str, Any]
     return updates
 
 
+def raw_layer_config_updates(raw: dict, spec, sources: Sequence[int]) -> dict[str, Any]:
+    """:func:`layer_config_updates` from ``config.json`` alone, for identical layers whose per-layer keys are
+    lists in the file (:func:`surgery.io.detection_cache.plain_from_raw`): no transformers config needed."""
+    updates: dict[str, Any] = {spec.count_key: len(sources)}
+    updates.update({key: [raw[key][i] for i in sources] for key in spec.per_layer_config})
+    return updates
+
+
 def check_layer_config(config, spec, signatures: Sequence[str], sources: Sequence[int], updates: dict) -> None:
     """Build the model of ``config`` + ``updates`` on the meta device; every layer must match its source layer."""
     from surgery.detect import build_config, signatures_of

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 from surgery.errors import SurgeryError
 from surgery.fileio import path_is
 from surgery.plan.limits import MAX_EXECUTED_STEPS, MAX_LAYER_INDEX, MAX_LOOPS, MAX_PLAN_BYTES, MAX_SEED
-from surgery.plan.yaml_loader import parse_yaml_text, read_plan_file
 
 if TYPE_CHECKING:  # the pydantic schema costs ~60 ms to build: imported only when a YAML plan is parsed
     from surgery.plan import schema
@@ -92,45 +91,44 @@ class LayerPlan:
         """
         if self.sequence is not None:
             return SEQUENCE_PREFIX + describe_steps(
-                [entry.layers for entry in self.sequence for _ in range(entry.loops)]
+                [entry.layers for entry in self.sequence], [entry.loops for entry in self.sequence]
             )
         return ",".join(str(op) for op in self.ops) or "identity"
 
 
-def describe_steps(steps: Sequence[tuple[int, ...]]) -> str:
+def describe_steps(steps: Sequence[tuple[int, ...]], counts: Sequence[int] | None = None) -> str:
     """Compact one-line form of executed steps: ``0-9 [10 11]x2 12 13x2 14-29``.
 
     Each step is a tuple of source layers (several: a parallel group). ``A-B`` is a run of strictly consecutive
     ascending single layers, ``[..]`` a parallel group, and ``xN`` a step run N times in a row; a run stops
     before a layer that repeats, so a repeated layer is never hidden in the end of one run and the start of the
     next (``12-13 13-29``). The ``sequence:`` plan text form reads this back (:func:`parse_plan_text`).
+    ``counts`` (one per step): step ``i`` runs ``counts[i]`` times in a row, so a huge loop count is never expanded.
     """
+    runs: list[list] = []  # [step, times in a row], equal neighbours merged
+    for step, count in zip(steps, counts if counts is not None else [1] * len(steps)):
+        if runs and runs[-1][0] == step:
+            runs[-1][1] += count
+        elif count > 0:
+            runs.append([step, count])
     parts: list[str] = []
     index = 0
-
-    def repeats(at: int) -> int:
-        count = 1
-        while at + count < len(steps) and steps[at + count] == steps[at]:
-            count += 1
-        return count
-
-    while index < len(steps):
-        step = steps[index]
-        count = repeats(index)
+    while index < len(runs):
+        step, count = runs[index]
         if len(step) > 1 or count > 1:
             text = "[" + " ".join(map(str, step)) + "]" if len(step) > 1 else str(step[0])
             parts.append(text + (f"x{count}" if count > 1 else ""))
-            index += count
+            index += 1
             continue
         run_end = index
         while (
-            run_end + 1 < len(steps)
-            and len(steps[run_end + 1]) == 1
-            and steps[run_end + 1][0] == steps[run_end][0] + 1
-            and repeats(run_end + 1) == 1
+            run_end + 1 < len(runs)
+            and len(runs[run_end + 1][0]) == 1
+            and runs[run_end + 1][0][0] == runs[run_end][0][0] + 1
+            and runs[run_end + 1][1] == 1
         ):
             run_end += 1
-        first, last = step[0], steps[run_end][0]
+        first, last = step[0], runs[run_end][0][0]
         parts.append(f"{first}-{last}" if run_end > index else str(first))
         index = run_end + 1
     return " ".join(parts)
@@ -459,6 +457,8 @@ def load_plan(plan: str) -> LayerPlan:
     if not isinstance(plan, str):
         raise SurgeryError(f"a plan must be text or a file path, got {type(plan).__name__}")
     if plan.endswith((".yaml", ".yml")) or path_is(Path.is_file, plan):
+        from surgery.plan.yaml_loader import parse_yaml_text, read_plan_file  # PyYAML only for plan files
+
         text = read_plan_file(plan)
         return parse_plan_mapping(parse_yaml_text(text, plan), text)
     try:
