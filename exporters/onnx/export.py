@@ -56,11 +56,9 @@ def check(config: ExportConfig):
     spec = arch_for_config(model_config)
     check_stored_layers(ref, model_config, spec)  # the layer check apply makes, before any weight loads
     check_output_dir(config.out_dir, overwrite=config.overwrite, protect=[ref.path] if ref.path else [])
-    if config.device == "cuda":
-        import torch
+    from surgery.evaluation.run import resolve_device
 
-        if not torch.cuda.is_available():
-            raise SurgeryError("--device cuda: no CUDA device is available")
+    resolve_device(config.device)  # one device check for every command (one line when CUDA is missing)
     return ref, model_config, spec, trust
 
 

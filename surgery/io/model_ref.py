@@ -7,7 +7,8 @@
 * an existing directory: a checkpoint, which must hold ``config.json``;
 * ``smollm2-demo`` / ``minilm-demo``: the real models installed by ``make install`` (:mod:`~surgery.io.demo_models`);
 * another existing path (a file): refused;
-* looks like a path (``.``, ``/``, ``~``) or is not a valid Hub id: "model path not found";
+* looks like a path (starts with ``.``, ``/``, ``~``, or its first folder exists here: ``out/skpi``) or is not
+  a valid Hub id: "model path not found", with "did you mean ...?" from its folder (:func:`did_you_mean`);
 * otherwise a Hub id (``owner/name``), with ``--revision`` to pin a branch, tag or commit.
 
 It also owns the consent rules for running code from a model folder (:func:`remote_code_policy`, implemented
@@ -26,7 +27,7 @@ from typing import Any
 
 from surgery.errors import SurgeryError
 from surgery.fileio import open_regular, special_file_kind
-from surgery.io.hub import prepare_hub
+from surgery.io.hub import prepare_hub, tool_went_offline
 from surgery.io.model_code import OUR_AUTO_MAP_VALUES, remote_code_policy, ships_our_code
 
 __all__ = [
@@ -95,8 +96,8 @@ class ModelRef:
             return cls(text, "directory", path=path)
         if exists:
             raise SurgeryError(f"not a model directory or .gguf file: {text}")
-        if text.startswith((".", "/", "~")) or not HUB_ID.match(text):
-            raise SurgeryError(f"model path not found: {text}")
+        if text.startswith((".", "/", "~")) or not HUB_ID.match(text) or _first_component_exists(text):
+            raise SurgeryError(f"model path not found: {text}{did_you_mean(text)}")
         return cls(text, "hub", repo_id=text, revision=revision)
 
     @property
@@ -127,7 +128,14 @@ class ModelRef:
         try:
             return hf_hub_download(self.repo_id, name, revision=self.revision)
         except Exception as exc:  # network / auth / missing repo or file: all mean "cannot use this MODEL"
-            raise SurgeryError(f"model not found: {self.given!r} ({first_line(exc)})") from None
+            if tool_went_offline():
+                raise SurgeryError(
+                    f"model not found: {self.given!r} is not in the local cache and the Hugging Face Hub is not "
+                    f"reachable from this machine{did_you_mean(self.given)}"
+                ) from None
+            raise SurgeryError(
+                f"model not found: {self.given!r} ({first_line(exc)}){did_you_mean(self.given)}"
+            ) from None
 
     def local_file(self, name: str) -> Path | None:
         """Path of file ``name`` of the checkpoint (downloaded for a Hub id), or None when it has none."""
@@ -167,6 +175,33 @@ class ModelRef:
         return str(self.path), kwargs
 
 
+def _first_component_exists(text: str) -> bool:
+    """``out/skpi``: a name whose first folder exists here is a local path, not a Hub id (``owner/name``)."""
+    first = text.split("/", 1)[0]
+    return "/" in text and first not in ("", ".", "..") and Path(first).is_dir()
+
+
+def did_you_mean(text: str) -> str:
+    """``"; did you mean X?"`` for a MODEL close to a demo name or an entry of its parent folder, else ``""``."""
+    import difflib
+
+    from surgery.io.demo_models import DEMO_MODELS
+
+    path = Path(text).expanduser()
+    parent, prefix = (path.parent, text[: len(text) - len(path.name)]) if "/" in text else (Path("."), "")
+    try:
+        names = [entry.name for entry in os.scandir(parent) if not entry.name.startswith(".")][:10000]
+    except OSError:
+        names = []
+    candidates = {prefix + name: name for name in names}
+    candidates.update({name: name for name in DEMO_MODELS})
+    close = difflib.get_close_matches(path.name, list(dict.fromkeys(candidates.values())), n=1, cutoff=0.7)
+    if not close:
+        return ""
+    match = next(full for full, name in candidates.items() if name == close[0])
+    return f"; did you mean {match}?"
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none)."""
     text = str(exc).strip()
@@ -188,14 +223,13 @@ def read_json_object(path: Path, what: str) -> dict[str, Any]:
 
 
 def _gguf_config(path: Path) -> dict[str, Any]:
-    from gguf import GGUFReader
+    from surgery.io.gguf_header import read_gguf_metadata
 
-    try:
-        reader = GGUFReader(str(path))
-        arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
-        blocks = int(reader.fields[f"{arch}.block_count"].parts[-1][0])
-    except Exception as exc:  # noqa: BLE001 - gguf raises many types for unreadable files
-        raise SurgeryError(f"cannot read GGUF file {path}: {first_line(exc)}") from None
+    metadata = read_gguf_metadata(path)
+    arch = metadata.get("general.architecture")
+    blocks = metadata.get(f"{arch}.block_count")
+    if not isinstance(arch, str) or isinstance(blocks, bool) or not isinstance(blocks, int):
+        raise SurgeryError(f"cannot read GGUF file {path}: no general.architecture and <architecture>.block_count")
     return {"model_type": arch, "num_hidden_layers": blocks}
 
 
