@@ -75,6 +75,21 @@ def minilm(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> tuple[Path, Path]:
+    """A data folder (one LAMBADA text, a fine-tuning jsonl) and a texts file: the inputs every command needs."""
+    import json
+
+    root = tmp_path_factory.mktemp("command-inputs")
+    data = root / "data"
+    (data / "lambada").mkdir(parents=True)
+    (data / "lambada" / "lambada_test.jsonl").write_text(json.dumps({"text": "a small text"}) + "\n")
+    (data / "ft.jsonl").write_text(json.dumps({"text": "a small text"}) + "\n")
+    texts = root / "texts.txt"
+    texts.write_text("one small text\nanother small text\n")
+    return data, texts
+
+
+@pytest.fixture(scope="module")
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as patch:
         yield patch

@@ -57,18 +57,6 @@ def _with_config(source: Path, target: Path, **values) -> Path:
     return target
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("checkpoint-inputs")
-    data = root / "data"
-    (data / "lambada").mkdir(parents=True)
-    (data / "lambada" / "lambada_test.jsonl").write_text(json.dumps({"text": "a small text"}) + "\n")
-    (data / "ft.jsonl").write_text(json.dumps({"text": "a small text"}) + "\n")
-    texts = root / "texts.txt"
-    texts.write_text("one small text\nanother small text\n")
-    return data, texts
-
-
 def _commands(model: Path, tmp: Path, data: Path, texts: Path) -> dict[str, list[str]]:
     return {
         "apply": ["apply", "--quiet", "--plan", "skip:1", str(model), str(tmp / "o")],

@@ -135,18 +135,6 @@ def _refused(result, *fragments: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("consent-inputs")
-    data = root / "data"
-    (data / "lambada").mkdir(parents=True)
-    (data / "lambada" / "lambada_test.jsonl").write_text(json.dumps({"text": "a small text"}) + "\n")
-    (data / "ft.jsonl").write_text(json.dumps({"text": "a small text"}) + "\n")
-    texts = root / "texts.txt"
-    texts.write_text("one small text\nanother small text\n")
-    return data, texts
-
-
-@pytest.fixture(scope="module")
 def surgery_checkpoint(tiny_checkpoints, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("consent-surgery") / "par"
     apply_plan(str(tiny_checkpoints["llama"]), "parallel:2-4", out)
