@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from surgery.errors import SurgeryError
+from surgery.io.model_ref import first_line
 
 STATE_FILE = "state.pt"
 STATE_KEYS = ("fingerprint", "step", "trainable", "optimizer", "scheduler", "torch_rng", "python_rng", "log")
@@ -44,7 +45,7 @@ def load_state(state_dir: Path) -> dict[str, Any] | None:
         if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
             reason = "it holds objects other than tensors and plain values, so it was not written by surgery"
         else:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
         raise Refused(f"cannot read the saved fine-tuning state {path}: {reason}; {_start_over(state_dir)}") from None
     if not isinstance(state, dict):
         raise Refused(f"cannot resume from {path}: not a fine-tuning state; {_start_over(state_dir)}")
