@@ -169,8 +169,8 @@ def main() -> None:
     cli = shutil.which("surgery", path=str(Path(sys.executable).parent))
     apply_cmd = [cli] if cli else [sys.executable, "-m", "surgery.cli"]
     apply_cmd += ["apply", "--quiet", "--plan", args.plan, str(src), str(out)]
-    floor_code = "import surgery.cli, surgery.materialize"  # what `surgery apply` imports before copying
-    inproc = "import time; from surgery.materialize import apply_plan as a; t = time.perf_counter(); "
+    floor_code = "import surgery.cli, surgery.apply.materialize"  # what `surgery apply` imports before copying
+    inproc = "import time; from surgery.apply.materialize import apply_plan as a; t = time.perf_counter(); "
     inproc += f"a({str(src)!r}, {args.plan!r}, {str(out2)!r}); print(time.perf_counter() - t)"
     py = [sys.executable, "-c"]
     floor, apply, apply_fn, cp_dir, cp_shards = jobs = [

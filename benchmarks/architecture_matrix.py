@@ -96,7 +96,7 @@ def main() -> None:
     from arch_matrix import check_fresh_process, run_architecture
     from tiny_models import matrix_model_types
 
-    from surgery.detect import import_transformers
+    from surgery.architectures.detect import import_transformers
 
     import_transformers()
     torch.set_num_threads(1)

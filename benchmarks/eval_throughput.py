@@ -122,8 +122,8 @@ def main() -> None:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    from surgery.architectures.loading import load_model_and_tokenizer
     from surgery.evaluation.harness import TaskSet
-    from surgery.io.loading import load_model_and_tokenizer
 
     ours_model, tokenizer = load_model_and_tokenizer(str(model))
     taskset = TaskSet(args.tasks, data_dir=args.data_dir)

@@ -145,8 +145,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    from surgery.architectures.loading import load_model_and_tokenizer
     from surgery.evaluation.harness import TaskSet
-    from surgery.io.loading import load_model_and_tokenizer
 
     work, out = args.work_dir, args.out
     work.mkdir(parents=True, exist_ok=True)
@@ -216,7 +216,7 @@ def main() -> None:
 
 def arc_easy(args, *, taskset_for, source: Path, results: dict, json_path: Path) -> None:
     """Score ARC-Easy (first ``--eval-limit`` test questions) frozen and after full fine-tuning, per finished point."""
-    from surgery.io.loading import load_model_and_tokenizer
+    from surgery.architectures.loading import load_model_and_tokenizer
 
     taskset = taskset_for("arc_easy", data_dir=args.data_dir)
     model, tokenizer = load_model_and_tokenizer(str(source))

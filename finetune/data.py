@@ -54,7 +54,7 @@ class TrainData:
         return {
             "name": self.name,
             "location": self.location,
-            # a local file's content, so a card can name it without its path (surgery.card shows the file name)
+            # a local file's content, so a card can name it without its path (surgery.apply.card shows the file name)
             "sha256": sha256_file(local) if local is not None and local.is_file() else None,
             "loss_on": self.loss_on,
             "available": self.available,

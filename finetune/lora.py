@@ -1,7 +1,7 @@
 """LoRA through PEFT: ``LoraConfig`` + ``get_peft_model``, then ``merge_and_unload`` into a standalone model.
 
 Targets are module names matched as suffixes of the model's ``nn.Linear`` modules inside its layers: the
-architecture's groups (``mlp``, ``attn``, ``all``, from :mod:`surgery.architectures`) or explicit
+architecture's groups (``mlp``, ``attn``, ``all``, from :mod:`surgery.architectures.specs`) or explicit
 comma-separated names (``q_proj,v_proj``). A tied layer executed at several positions holds one set of
 weights, so its LoRA is one adapter shared by every position (and merged once).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from surgery.architectures import ArchSpec
+from surgery.architectures.specs import ArchSpec
 from surgery.errors import SurgeryError
 
 GROUPS = ("mlp", "attn", "all")

@@ -75,12 +75,12 @@ def check_state_dir(config: FinetuneConfig, protect: list[Path]) -> Path:
 
 def check(config: FinetuneConfig) -> Checked:
     """Everything that can be refused before the model loads (well under a second)."""
-    from surgery.architectures import arch_for_config
-    from surgery.extras import require_extra
+    from surgery.architectures.loading import check_loadable
+    from surgery.architectures.specs import arch_for_config
+    from surgery.cli.extras import require_extra
     from surgery.finetune.data import ARC_SUBSETS, check_data
     from surgery.finetune.loop import STATE_FILE
     from surgery.io.data_dir import resolve_data_dir
-    from surgery.io.loading import check_loadable
     from surgery.io.model_ref import num_layers_of
     from surgery.io.output_dir import check_apart, check_output_dir
 
@@ -134,12 +134,12 @@ def run_finetune(
     checked = check(config)
     import torch
 
-    from surgery.architectures import arch_for_config
+    from surgery.architectures.loading import load_model_and_tokenizer
+    from surgery.architectures.specs import arch_for_config
     from surgery.finetune.data import load_train_data
     from surgery.finetune.full import prepare_full, trainable_count
     from surgery.finetune.loop import Diverged, LoopSettings, train
     from surgery.finetune.state import clear_state
-    from surgery.io.loading import load_model_and_tokenizer
 
     spec = arch_for_config(checked.raw_config)
     model, tokenizer = load_model_and_tokenizer(
@@ -168,7 +168,7 @@ def run_finetune(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     state_dir = state_dir_for(config.out_dir)
     torch.manual_seed(config.seed)  # LoRA's initialisation
-    from surgery.inmemory import planned
+    from surgery.apply.inmemory import planned
 
     peft_model, targets = None, None
     with planned(model, config.plan) if config.plan is not None else nullcontext():

@@ -5,7 +5,7 @@
   :data:`surgery.modeling.MODELING_FILES` byte for byte (so the checkpoint stays trusted by hash); layers stored
   once stay stored once (a tied checkpoint does not grow);
 * ``--plan`` -> the trained source model is saved to a temporary folder and the plan is materialized from it with
-  :func:`surgery.materialize.apply_plan`, exactly as ``surgery apply`` would write it.
+  :func:`surgery.apply.materialize.apply_plan`, exactly as ``surgery apply`` would write it.
 
 ``surgery.json`` carries the input's provenance (or a new record for a model that had none) plus a ``finetune``
 stage.
@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from surgery.apply.provenance import PlanRecord, Provenance
 from surgery.io.model_ref import ModelRef
-from surgery.provenance import PlanRecord, Provenance
 
 SAVE_DTYPES = ("float16", "bfloat16")
 
@@ -48,7 +48,7 @@ def save_same_kind(model, tokenizer, directory: Path, *, surgery_class: bool, dt
 
 def save_planned(model, tokenizer, plan: str, directory: Path, *, tie_repeats: bool, dtype: str | None) -> Provenance:
     """Materialize ``plan`` from the trained source ``model`` into ``directory``; returns apply's provenance."""
-    from surgery.materialize import ApplyOptions, apply_plan
+    from surgery.apply.materialize import ApplyOptions, apply_plan
 
     with tempfile.TemporaryDirectory(prefix="surgery-finetune-source-") as scratch:
         source = Path(scratch) / "source"
@@ -121,7 +121,7 @@ def input_base_model(ref: ModelRef) -> str | None:
 
 def write_card(directory: Path, record: Provenance, name: str) -> None:
     """Re-render ``README.md`` (the model card) from the record, which now has a ``finetune`` stage."""
-    from surgery.card import render_model_card
+    from surgery.apply.card import render_model_card
     from surgery.fileio import atomic_write_text
 
     custom = record.output.get("layout") == "surgery"

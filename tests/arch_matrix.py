@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from tiny_models import MATRIX_LAYERS, MATRIX_VOCAB, tiny_config, tiny_from_config
 
-from surgery.detect import find_block_list, is_generative, refusal
+from surgery.apply.materialize import ApplyOptions, apply_plan
+from surgery.architectures.detect import find_block_list, is_generative, refusal
 from surgery.errors import SurgeryError
-from surgery.materialize import ApplyOptions, apply_plan
 
 TOLERANCE = 1e-4
 assert MATRIX_LAYERS == 4  # the sequences below are written out for T = 4

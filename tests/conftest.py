@@ -10,7 +10,7 @@ from pathlib import Path
 # Before transformers is imported: keep trust_remote_code module copies out of the user's cache, stay offline.
 os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="surgery-hf-modules-"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# detection results (surgery.io.detection_cache) go to a per-run folder, never the user's ~/.cache
+# detection results (surgery.architectures.cache) go to a per-run folder, never the user's ~/.cache
 os.environ.setdefault("SURGERY_CACHE_DIR", tempfile.mkdtemp(prefix="surgery-cache-"))
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -61,7 +61,7 @@ def smollm2_gguf_path() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir(smollm2_gguf_path, tmp_path_factory) -> Path:
     """SmolLM2 dequantized once into a plain transformers checkpoint (``surgery apply --plan identity``)."""
-    from surgery.materialize import apply_plan
+    from surgery.apply.materialize import apply_plan
 
     out = tmp_path_factory.mktemp("smollm2") / "identity"
     apply_plan(str(smollm2_gguf_path), "identity", out)

@@ -8,6 +8,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from surgery.apply.materialize import ApplyOptions, apply_plan
 from surgery.bench.config import BenchConfig
 from surgery.bench.decode import LOOP_GENERATE, LOOP_ORT, LOOP_STATIC
 from surgery.bench.report import table
@@ -15,11 +16,10 @@ from surgery.bench.run import run_bench
 from surgery.bench.schema import BenchPayload
 from surgery.bench.stats import add_ratios
 from surgery.bench.weights import bytes_read_per_token
-from surgery.cli import main as cli
+from surgery.cli.main import main as cli
 from surgery.exporters.onnx.config import ExportConfig
 from surgery.exporters.onnx.export import export_onnx
 from surgery.exporters.onnx.record import export_source
-from surgery.materialize import ApplyOptions, apply_plan
 
 FAST = {"prompt_len": 8, "new_tokens": 4, "repeats": 1, "warmup": 0, "threads": 1}
 

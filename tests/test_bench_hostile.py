@@ -21,16 +21,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from surgery.apply.materialize import ApplyOptions, apply_plan
 from surgery.bench import run as bench_run
 from surgery.bench.config import BenchConfig
 from surgery.bench.decode import LOOP_STATIC, StaticDecoder
 from surgery.bench.report import PARTIAL, table
 from surgery.bench.weights import bounds, bytes_read_per_token, sequential_steps
-from surgery.cli import main as cli
+from surgery.cli.main import main as cli
 from surgery.errors import SurgeryError
 from surgery.exporters.onnx.record import export_source, source_record
 from surgery.io.model_ref import ModelRef
-from surgery.materialize import ApplyOptions, apply_plan
 
 FAST = ["--prompt-len", "4", "--new-tokens", "2", "--repeats", "1", "--warmup", "0", "--threads", "1"]
 
@@ -287,7 +287,7 @@ def test_steps_ratio_in_json_and_table(plans, tmp_path, monkeypatch):
     [("llama", None, 1), ("llama", "parallel:2-4x2", 2), ("mistral", None, 1), ("qwen3", "parallel:2-4", 1)],
 )
 def test_static_loop_gives_the_tokens_of_eager_generate(arch, plan, batch, tiny_checkpoints, tmp_path, one_thread):
-    from surgery.io.loading import load_model
+    from surgery.architectures.loading import load_model
 
     checkpoint = tiny_checkpoints[arch]
     if plan:
@@ -320,7 +320,7 @@ def test_torch_compile_backend_uses_the_static_loop(tiny_checkpoints, monkeypatc
 @pytest.mark.slow
 @pytest.mark.parametrize("plan", [None, "parallel:2-4x2"])
 def test_compiled_static_loop_gives_the_tokens_of_eager_generate(plan, tiny_checkpoints, tmp_path, one_thread):
-    from surgery.io.loading import load_model
+    from surgery.architectures.loading import load_model
 
     checkpoint = tiny_checkpoints["llama"]
     if plan:

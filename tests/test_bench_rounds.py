@@ -23,7 +23,7 @@ from surgery.bench import run as bench_run
 from surgery.bench.config import BenchConfig
 from surgery.bench.stats import NOISE_TOLERANCE, add_ratios, disagrees, round_order, summarize
 from surgery.bench.worker import Worker
-from surgery.cli import main as cli
+from surgery.cli.main import main as cli
 
 
 class FakeWorker:

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from surgery.cli import main as cli
-from surgery.materialize import apply_plan
+from surgery.apply.materialize import apply_plan
+from surgery.cli.main import main as cli
 
 HUB_SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -303,7 +303,7 @@ def test_a_hand_edited_base_model_that_is_no_hub_id_is_not_claimed(value, skip):
 
 
 def test_gguf_metadata_repo_becomes_the_base_model_and_the_demo_gguf_names_none(smollm2_gguf_path):
-    from surgery.card import base_model_of
+    from surgery.apply.card import base_model_of
     from surgery.io.source import _gguf_origin
 
     source = {"kind": "gguf", "gguf_repo": "https://huggingface.co/org/m".removeprefix("https://huggingface.co/")}

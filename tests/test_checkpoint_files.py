@@ -10,9 +10,9 @@ from safetensors import safe_open
 from tiny_models import build_tiny
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from surgery.apply.materialize import ApplyOptions, apply_plan
 from surgery.errors import SurgeryError
 from surgery.io import safetensors_stream
-from surgery.materialize import ApplyOptions, apply_plan
 
 
 def _all_tensors(directory) -> dict[str, torch.Tensor]:
@@ -140,7 +140,7 @@ def test_no_written_file_names_the_temporary_directory(plan, tiny_checkpoints, t
 
 def test_card_states_a_gguf_origin():
     record = {"source": "/models/SmolLM2.Q4_1.gguf", "kind": "gguf", "sha256": "ab" * 32, "given": "smollm2-demo"}
-    from surgery.card import _origin
+    from surgery.apply.card import _origin
 
     assert _origin(record) == f"the GGUF file **SmolLM2.Q4_1.gguf** (sha256 `{'ab' * 32}`)"
     assert "whose metadata names org/model" in _origin({**record, "gguf_repo": "org/model"})

@@ -10,7 +10,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from surgery.cli import main
+from surgery.cli.main import main
 
 SURGERY = [sys.executable, "-m", "surgery.cli"]
 

@@ -8,11 +8,11 @@ import pytest
 from click.testing import CliRunner
 from tiny_models import tiny_config
 
-from surgery.architectures import arch_for_config, check_model_type, spec_from_detection
-from surgery.cli import main
-from surgery.detect import build_config, detect
+from surgery.architectures.detect import build_config, detect
+from surgery.architectures.layer_config import check_layer_config, layer_config_updates
+from surgery.architectures.specs import arch_for_config, check_model_type, spec_from_detection
+from surgery.cli.main import main
 from surgery.errors import SurgeryError
-from surgery.plan.layer_config import check_layer_config, layer_config_updates
 
 
 def _spec(config):

@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from surgery.io import detection_cache
+from surgery.architectures import cache as detection_cache
 
 APPLY = """
 import json, sys
-from surgery.materialize import apply_plan
+from surgery.apply.materialize import apply_plan
 apply_plan(sys.argv[1], "skip:2-3", sys.argv[2])
 print(json.dumps({"torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules}))
 """
@@ -51,8 +51,8 @@ def test_only_simple_architectures_skip_transformers(tiny_checkpoints):
     path; a plain Llama config with identical layers may be written from the file alone."""
     from transformers import AutoConfig
 
-    from surgery.detect import detect
-    from surgery.io.detection_cache import plain_from_raw as _plain_from_raw
+    from surgery.architectures.cache import plain_from_raw as _plain_from_raw
+    from surgery.architectures.detect import detect
 
     for arch, simple in (("llama", True), ("qwen2", False)):
         raw = json.loads((tiny_checkpoints[arch] / "config.json").read_text())

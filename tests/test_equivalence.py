@@ -10,7 +10,7 @@ from reference import EXPECTED_SEQUENCES, reference_output
 from tiny_models import GENERATIVE, TINY, VOCAB, build_tiny
 from transformers import AutoModel, AutoModelForCausalLM
 
-from surgery.materialize import ApplyOptions, apply_plan
+from surgery.apply.materialize import ApplyOptions, apply_plan
 
 # The fast tier checks every plan on Llama (plain and tied) and BERT; the other families run in the system tier
 # (`make test`): the same tests, the matrix that takes most of the unit tier's time otherwise.

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from resources import DATA_DIR as DATA
 from resources import data_path
 
-from surgery.materialize import apply_plan
+from surgery.apply.materialize import apply_plan
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +69,7 @@ def _assert_same_samples(ours: dict, reference: dict) -> None:
 
 @pytest.fixture(scope="module")
 def cli():
-    from surgery.cli import main
+    from surgery.cli.main import main
     from surgery.evaluation.cli import eval_command
 
     main.add_command(eval_command)
@@ -118,8 +118,8 @@ def test_gsm8k_generation_equals_lm_eval_hf_backend(smollm, tmp_path):
 
 
 def test_plan_in_memory_scores_like_the_written_checkpoint_and_cli_normalizes(cli, full_json, smollm, tmp_path):
+    from surgery.architectures.loading import load_model_and_tokenizer
     from surgery.evaluation.harness import TaskSet
-    from surgery.io.loading import load_model_and_tokenizer
 
     skip_json = tmp_path / "skip.json"
     variant = ["--plan", "skip:13-19", "--baseline", str(full_json), "--output", str(skip_json)]

@@ -178,7 +178,7 @@ def test_baseline_mismatch_warnings():
 
 @pytest.fixture
 def cli():
-    from surgery.cli import main
+    from surgery.cli.main import main
     from surgery.evaluation.cli import eval_command
 
     main.add_command(eval_command)

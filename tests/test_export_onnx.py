@@ -14,12 +14,12 @@ import torch
 from click.testing import CliRunner
 from tiny_models import GENERATIVE
 
-from surgery.cli import main as cli
+from surgery.apply.materialize import ApplyOptions, apply_plan
+from surgery.cli.main import main as cli
 from surgery.config import CommandConfig
 from surgery.errors import SurgeryError
 from surgery.exporters.onnx.config import ExportConfig
 from surgery.exporters.onnx.export import export_onnx
-from surgery.materialize import ApplyOptions, apply_plan
 
 # (plan, options): together they cover skip, reverse, shuffle, loop, repeat (copied and tied), parallel, looped parallel
 PLANS = [

@@ -21,16 +21,16 @@ import pytest
 from click.testing import CliRunner
 from gguf import GGUFEndian, GGUFReader, GGUFWriter
 
-from surgery.cli import main as cli
+from surgery.apply.materialize import apply_plan
+from surgery.architectures import cache as detection_cache
+from surgery.cli.main import main as cli
 from surgery.errors import SurgeryError
-from surgery.io import detection_cache
 from surgery.io.gguf_header import read_gguf_metadata
 from surgery.io.model_ref import ModelRef
-from surgery.materialize import apply_plan
 
 PROBE = """
 import json, sys
-from surgery.cli import main
+from surgery.cli.main import main
 try:
     main(sys.argv[1:], standalone_mode=False)
 finally:

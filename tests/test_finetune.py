@@ -18,14 +18,14 @@ from resources import data_path
 from safetensors.torch import load_file
 from tiny_models import save_tiny
 
-from surgery.cli import main as cli
+from surgery.apply.materialize import ApplyOptions, apply_plan
+from surgery.apply.provenance import Provenance
+from surgery.cli.main import main as cli
 from surgery.errors import SurgeryError
 from surgery.finetune.config import FinetuneConfig
 from surgery.finetune.data import IGNORE, load_train_data, tokenize_rows
 from surgery.finetune.run import run_finetune, state_dir_for
 from surgery.io.model_ref import ModelRef, ships_our_code
-from surgery.materialize import ApplyOptions, apply_plan
-from surgery.provenance import Provenance
 
 CHARS = "abcdefghijklmnopqrstuvwxyz0123456789 .,?:\n"
 WORDS = ["apple", "river", "stone", "cloud", "plant", "light"]
@@ -206,7 +206,7 @@ def test_lora_merge_equals_peft_logits_and_loads_without_surgery(sources, data_d
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_tied_surgery_class_stays_tied(method, sources, data_dir, tmp_path, one_thread):
-    from surgery.io.loading import load_model
+    from surgery.architectures.loading import load_model
 
     out = tmp_path / "out"
     run_finetune(settings(sources["tied"], out, data_dir, method=method, max_steps=2), progress=False)

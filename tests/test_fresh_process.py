@@ -12,7 +12,7 @@ import torch
 from reference import EXPECTED_SEQUENCES, reference_output
 from tiny_models import build_tiny
 
-from surgery.materialize import ApplyOptions, apply_plan
+from surgery.apply.materialize import ApplyOptions, apply_plan
 
 pytestmark = pytest.mark.system  # fresh interpreters that import torch and transformers
 

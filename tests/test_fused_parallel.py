@@ -8,7 +8,7 @@ from tiny_models import VOCAB, build_tiny
 from torch import nn
 from transformers import DynamicCache
 
-from surgery.inmemory import planned
+from surgery.apply.inmemory import planned
 from surgery.modeling.modeling_surgery import ExecutionList, FusedParallel, SlotRoute, fusable
 
 TOLERANCE = 1e-4
@@ -255,7 +255,7 @@ def test_surgery_class_forward_does_not_walk_modules(tiny_checkpoints, tmp_path,
     11 % of a tiny model's decode step); in training it still disables the cache under checkpointing."""
     from transformers import AutoModelForCausalLM
 
-    from surgery.materialize import apply_plan
+    from surgery.apply.materialize import apply_plan
 
     apply_plan(str(tiny_checkpoints["llama"]), "parallel:2-5", tmp_path / "out")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True, dtype=torch.float32).eval()
@@ -360,7 +360,7 @@ def test_apply_no_fuse_writes_the_flag(tiny_checkpoints, tmp_path, one_thread):
     """``surgery apply --no-fuse`` checkpoints run members one by one; both load to the same numbers."""
     from transformers import AutoModelForCausalLM
 
-    from surgery.materialize import ApplyOptions, apply_plan
+    from surgery.apply.materialize import ApplyOptions, apply_plan
 
     outputs = {}
     for fuse in (True, False):
@@ -378,7 +378,7 @@ def test_wrapper_falls_back_to_eager_attention_for_sources_without_sdpa(tmp_path
     from tiny_models import tiny_config, tiny_from_config
     from transformers import AutoModelForCausalLM
 
-    from surgery.materialize import apply_plan
+    from surgery.apply.materialize import apply_plan
 
     source = tiny_from_config(tiny_config("bloom"), generative=True)
     source.save_pretrained(tmp_path / "bloom")

@@ -15,7 +15,8 @@ from resources import DATA_DIR, data_path
 from resources import needs_data as needs
 from tiny_models import build_tiny
 
-from surgery.cli import SurgeryGroup
+from surgery.apply.inmemory import planned
+from surgery.cli.main import SurgeryGroup
 from surgery.errors import SurgeryError
 from surgery.glue import metrics
 from surgery.glue.cli import glue
@@ -31,7 +32,6 @@ from surgery.glue.data import (
     resolve_tasks,
 )
 from surgery.glue.train import GlueConfig, load_classifier, run_task, subset, train
-from surgery.inmemory import planned
 
 GLUE_DIR = DATA_DIR / "glue"
 needs_data = needs("glue")

@@ -8,7 +8,7 @@ from reference import reference_output
 from tiny_models import build_tiny
 from transformers import AutoModel, AutoModelForCausalLM
 
-from surgery.materialize import apply_plan
+from surgery.apply.materialize import apply_plan
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt_neox", "bert"])

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
+from surgery.apply.materialize import apply_plan
+from surgery.architectures import cache as detection_cache
+from surgery.architectures.integrity import check_layer_numbering, group_layer_tensors, numbered_lists
+from surgery.architectures.loading import check_loadable, check_stored_layers
 from surgery.errors import SurgeryError
 from surgery.fileio import open_regular
-from surgery.io import detection_cache
-from surgery.io.integrity import check_layer_numbering, group_layer_tensors, numbered_lists
-from surgery.io.loading import check_loadable, check_stored_layers
 from surgery.io.model_ref import ModelRef
 from surgery.io.safetensors_stream import index_checkpoint
-from surgery.materialize import apply_plan
 
 SURGERY = [sys.executable, "-m", "surgery.cli"]
 TINY_LAYERS = 8  # tests/tiny_models.py
@@ -31,7 +31,7 @@ TINY_LAYERS = 8  # tests/tiny_models.py
 def _invoke(args: list[str]):
     from click.testing import CliRunner
 
-    from surgery.cli import main as cli
+    from surgery.cli.main import main as cli
 
     cwd = os.getcwd()
     os.chdir(Path(__file__).parent.parent)
@@ -113,7 +113,7 @@ def test_a_numbered_list_that_is_not_the_block_list_is_refused_before_loading(ti
     tensors = load_file(model / "model.safetensors")
     save_file({k.replace("model.layers.", "model.blocks."): v for k, v in tensors.items()}, model / "model.safetensors")
     ref, config, _ = check_loadable(str(model))  # cheap: some list holds layers 0-7
-    from surgery.architectures import arch_for_config
+    from surgery.architectures.specs import arch_for_config
 
     with pytest.raises(SurgeryError, match="no tensors for layer"):
         check_stored_layers(ref, config, arch_for_config(config))
@@ -124,14 +124,14 @@ def test_a_numbered_list_that_is_not_the_block_list_is_refused_before_loading(ti
 
 
 def test_valid_checkpoints_pass_the_layer_checks(tiny_checkpoints, tmp_path):
-    from surgery.architectures import arch_for_config
+    from surgery.architectures.specs import arch_for_config
 
     for path in tiny_checkpoints.values():
         ref, config, _ = check_loadable(str(path))
         check_stored_layers(ref, config, arch_for_config(config))
     for plan, tie in (("parallel:2-4", False), ("repeat:2-4@3", True)):
         out = tmp_path / plan.replace(":", "_").replace("@", "_")
-        from surgery.materialize import ApplyOptions
+        from surgery.apply.materialize import ApplyOptions
 
         apply_plan(str(tiny_checkpoints["llama"]), plan, out, ApplyOptions(tie_repeats=tie))
         ref, config, _ = check_loadable(str(out))
@@ -147,7 +147,7 @@ def test_layer_numbering_is_read_from_names_alone():
 
 
 def test_a_tensor_numbered_beyond_any_int_is_one_error(tiny_checkpoints):
-    from surgery.architectures import arch_for_config
+    from surgery.architectures.specs import arch_for_config
     from surgery.io.safetensors_stream import TensorRecord
 
     records = index_checkpoint([tiny_checkpoints["llama"] / "model.safetensors"])
@@ -368,7 +368,7 @@ def test_a_poisoned_cache_entry_never_yields_a_broken_model(poison, cache, tiny_
 def test_poison_that_drops_a_per_layer_or_structural_key_is_caught(cache, tiny_checkpoints, tmp_path):
     """Entries that would let apply skip rewriting a per-layer list or a structural key (qwen2's
     max_window_layers) disagree with the config file they describe."""
-    from surgery.detect import Detection
+    from surgery.architectures.detect import Detection
 
     raw, _, valid = _entry(tiny_checkpoints, tmp_path)
     fields = {key: detection_cache._tuples(value) for key, value in valid.items()}

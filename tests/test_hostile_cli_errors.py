@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from pydantic import ValidationError
 from sweep_fixtures import tiny_data, tiny_llama_with_tokenizer
 
-from surgery.cli import main as cli
+from surgery.cli.main import main as cli
 from surgery.config import config_from_options, validation_message
 from surgery.errors import SurgeryError
 from surgery.fileio import path_is
@@ -44,7 +44,7 @@ def _error_line(result, fragment: str) -> str:
 _FORK_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, time
-    import surgery.cli as cli
+    import surgery.cli.main as cli
     mode = sys.argv[1]
     cli._handler_pid = os.getpid()
     signal.signal(signal.SIGTERM, cli._on_sigterm)
@@ -81,7 +81,7 @@ _POOL_SCRIPT = textwrap.dedent(
     """
     import multiprocessing, sys, time
     import click
-    from surgery.cli import main
+    from surgery.cli.main import main
 
     def slow(x):
         time.sleep(0.2)
@@ -111,7 +111,7 @@ def test_sigterm_in_the_cli_process_still_raises_terminated() -> None:
     script = textwrap.dedent(
         """
         import os, signal, sys
-        import surgery.cli as cli
+        import surgery.cli.main as cli
         cli._handler_pid = os.getpid()
         signal.signal(signal.SIGTERM, cli._on_sigterm)
         try:
@@ -409,7 +409,7 @@ def test_sweep_seed_and_device_checked_before_the_run(eval_model, tmp_path, extr
 @pytest.mark.parametrize("raised", ["surgery", "internal"])
 def test_error_lines_never_echo_url_secrets(monkeypatch, raised: str) -> None:
     """Whatever a library's exception quotes, the CLI's error line redacts URL credentials and Hub tokens."""
-    import surgery.cli as cli_module
+    import surgery.cli.main as cli_module
 
     url = "http://alice:s3cret@hub.example:8080/api/models?token=hf_abcdefghijklmnop"
     error = SurgeryError(f"cannot reach {url}") if raised == "surgery" else RuntimeError(f"GET {url} failed")

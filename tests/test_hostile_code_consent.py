@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from surgery.apply.materialize import apply_plan
+from surgery.architectures.loading import check_loadable
 from surgery.errors import SurgeryError
-from surgery.io.loading import check_loadable
 from surgery.io.model_ref import ModelRef, remote_code_policy, ships_our_code
-from surgery.materialize import apply_plan
 
 SURGERY = [sys.executable, "-m", "surgery.cli"]
 EVIL = "import pathlib\npathlib.Path({marker!r}).write_text('code ran')\n"
@@ -152,7 +152,7 @@ def _invoke(args: list[str]):
     """One command in this process (CliRunner): exit code and stderr as the CLI gives them."""
     from click.testing import CliRunner
 
-    from surgery.cli import main as cli
+    from surgery.cli.main import main as cli
 
     cwd = os.getcwd()
     os.chdir(Path(__file__).parent.parent)  # the sweep recipe path is relative to the repository

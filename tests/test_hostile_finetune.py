@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from test_finetune import save_char_tokenizer, write_arc
 from tiny_models import save_tiny
 
-from surgery.cli import main as cli
+from surgery.cli.main import main as cli
 from surgery.errors import SurgeryError
 from surgery.finetune.config import FinetuneConfig
 from surgery.finetune.data import tokenize_rows

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from surgery.cli import main as cli
+from surgery.apply.materialize import apply_plan
+from surgery.cli.main import main as cli
 from surgery.errors import SurgeryError
 from surgery.io import output_dir
-from surgery.materialize import apply_plan
 
 SURGERY = [sys.executable, "-m", "surgery.cli"]
 EVIL = """
@@ -97,7 +97,7 @@ def test_surgery_output_code_is_trusted_only_when_byte_identical(tiny_checkpoint
     ref = ModelRef.parse(str(out))
     config = ref.read_config()
     assert remote_code_policy(ref, config, trust_remote_code=False) is True
-    from surgery.io.loading import check_loadable
+    from surgery.architectures.loading import check_loadable
 
     assert check_loadable(str(out))[2] is True  # what every command passes as trust_remote_code
     # one changed byte in the shipped modeling file, or surgery.json claiming anything, is not trust
@@ -228,7 +228,7 @@ def test_sigterm_during_apply_leaves_nothing_behind(tiny_checkpoints, tmp_path):
     script = textwrap.dedent(
         f"""
         import sys, time
-        import surgery.materialize as m
+        import surgery.apply.materialize as m
         original = m.write_checkpoint_weights
         def slow(*args, **kwargs):
             paths = original(*args, **kwargs)
@@ -236,7 +236,7 @@ def test_sigterm_during_apply_leaves_nothing_behind(tiny_checkpoints, tmp_path):
             time.sleep(120)
             return paths
         m.write_checkpoint_weights = slow
-        from surgery.cli import main
+        from surgery.cli.main import main
         sys.argv = ["surgery", "apply", "--plan", "skip:1", {str(tiny_checkpoints["llama"])!r}, {str(out)!r}]
         main()
         """

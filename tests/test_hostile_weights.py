@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from surgery.errors import SurgeryError
-from surgery.io import safetensors_stream
-from surgery.io.integrity import (
+from surgery.architectures.integrity import (
     check_config_agrees,
     check_layers_consistent,
     expected_outputs,
     format_layers,
     verify_written,
 )
+from surgery.errors import SurgeryError
+from surgery.io import safetensors_stream
 from surgery.io.safetensors_stream import (
     OutputTensor,
     TensorRecord,

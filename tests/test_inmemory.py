@@ -8,9 +8,9 @@ from reference import EXPECTED_SEQUENCES, reference_output
 from tiny_models import GENERATIVE, TINY, build_tiny
 from transformers import AutoModel, AutoModelForCausalLM
 
+from surgery.apply.inmemory import planned
+from surgery.apply.materialize import apply_plan
 from surgery.errors import SurgeryError
-from surgery.inmemory import planned
-from surgery.materialize import apply_plan
 
 PLANS = ["skip:2-4", "repeat:2-5", "parallel:2-4x3", "reverse:1-2,parallel:4-5x2,skip:7"]
 
@@ -57,7 +57,7 @@ def test_nested_plans_refused():
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt_neox", "bert"])
 def test_hidden_states_under_a_plan_have_one_entry_per_step(arch):
-    from surgery.inmemory import forward_with_hidden_states
+    from surgery.apply.inmemory import forward_with_hidden_states
 
     model = build_tiny(arch)
     ids = torch.randint(0, 96, (1, 6), generator=torch.Generator().manual_seed(1))

@@ -13,7 +13,7 @@ import torch
 from reference import reference_output
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from surgery.materialize import ApplyOptions, apply_plan
+from surgery.apply.materialize import ApplyOptions, apply_plan
 
 pytestmark = pytest.mark.integration
 PROMPT = "The capital of France is"

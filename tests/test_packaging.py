@@ -33,7 +33,7 @@ WITHOUT_EXTRAS = textwrap.dedent(
     import sys
     for name in {modules!r}:
         sys.modules[name] = None  # import raises ImportError; find_spec raises ValueError
-    from surgery.cli import main
+    from surgery.cli.main import main
     sys.argv = ["surgery", *{args!r}]
     try:
         main()

@@ -20,10 +20,10 @@ from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
 import surgery.io.hub as hub
 import surgery.publish.push as push_module
-from surgery.cli import main as cli
+from surgery.apply.materialize import ApplyOptions, apply_plan
+from surgery.cli.main import main as cli
 from surgery.evaluation.normalize import normalized_scores
 from surgery.fileio import sha256_file
-from surgery.materialize import ApplyOptions, apply_plan
 
 REPO = "me/tiny-skip"
 
@@ -180,7 +180,7 @@ def test_apply_writes_its_card_as_huggingface_hub_does_without_importing_it(made
         text = (made[name] / "README.md").read_text()
         assert str(ModelCard(text)) == text  # parsed and re-rendered by the Hub's client: the same bytes
     script = (
-        "import sys; from surgery.materialize import apply_plan; "
+        "import sys; from surgery.apply.materialize import apply_plan; "
         f"apply_plan({str(made['source'])!r}, 'skip:1', {str(tmp_path / 'out')!r}); "
         "print(sorted(m for m in ('huggingface_hub', 'requests') if m in sys.modules))"
     )
@@ -281,7 +281,7 @@ def _write(path: Path, text: str) -> Path:
 
 
 def test_gguf_origin_names_a_base_model_only_when_it_is_a_hub_id():
-    from surgery.card import base_model_of
+    from surgery.apply.card import base_model_of
 
     assert base_model_of({"kind": "gguf", "gguf_repo": "HuggingFaceTB/SmolLM2-135M"}) == "HuggingFaceTB/SmolLM2-135M"
     assert base_model_of({"kind": "gguf", "gguf_repo": "https://github.com/x/y"}) is None

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from resources import DATA_DIR, needs_data
 
-from surgery.cli import main
+from surgery.cli.main import main
 from surgery.errors import SurgeryError
 from surgery.plan import load_plan
 from surgery.sweep.recipe import expand, load_recipe, paper_range, validate

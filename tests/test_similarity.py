@@ -19,9 +19,9 @@ from surgery.analysis.cli import similarity
 from surgery.analysis.report import FILES, read_result
 from surgery.analysis.similarity import compute_similarity, suggest_layer_classes
 from surgery.analysis.texts import load_texts
-from surgery.cli import SurgeryGroup
+from surgery.apply.materialize import apply_plan
+from surgery.cli.main import SurgeryGroup
 from surgery.errors import SurgeryError
-from surgery.materialize import apply_plan
 
 LAMBADA = DATA_DIR / "lambada" / "lambada_test.jsonl"
 TEXTS = ["the cat sat on the mat, again and again.", "hello there"]  # 41 and 12 tokens with BOS
@@ -212,9 +212,12 @@ def tiny_loader(monkeypatch):
     from surgery.io.model_ref import ModelRef
 
     monkeypatch.setattr(
-        "surgery.io.loading.load_model_and_tokenizer", lambda model, **kwargs: (build_tiny("llama"), CharTokenizer())
+        "surgery.architectures.loading.load_model_and_tokenizer",
+        lambda model, **kwargs: (build_tiny("llama"), CharTokenizer()),
     )
-    monkeypatch.setattr("surgery.io.loading.check_loadable", lambda model, **kwargs: (ModelRef.parse(model), {}, False))
+    monkeypatch.setattr(
+        "surgery.architectures.loading.check_loadable", lambda model, **kwargs: (ModelRef.parse(model), {}, False)
+    )
 
 
 def test_cli_writes_all_files(tiny_loader, tmp_path):
@@ -250,7 +253,7 @@ def test_cli_labels_source_layout_checkpoint_by_source_layers(tiny_checkpoints, 
     checkpoint = tmp_path / "skipped"
     apply_plan(str(tiny_checkpoints["llama"]), "skip:2-3", checkpoint)  # a plain 6-layer LlamaForCausalLM
     monkeypatch.setattr(
-        "surgery.io.loading.load_model_and_tokenizer",
+        "surgery.architectures.loading.load_model_and_tokenizer",
         lambda model, **kwargs: (AutoModelForCausalLM.from_pretrained(model).eval(), CharTokenizer()),
     )
     (tmp_path / "t.txt").write_text("one text\nanother text\n")
@@ -301,7 +304,7 @@ def test_cli_bad_input_is_one_error_line(args, fragment, tiny_loader, tmp_path):
 @pytest.mark.integration
 @needs_data("lambada", "lambada_test.jsonl")
 def test_smollm2_lambada_middle_layers_share_a_space(smollm2_gguf_path):
-    from surgery.io.loading import load_model_and_tokenizer
+    from surgery.architectures.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(str(smollm2_gguf_path))
     texts = load_texts("lambada", data_dir=DATA_DIR, limit=8).texts

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from sweep_fixtures import SKIP_REVERSE, tiny_data, tiny_llama_with_tokenizer, write_recipe
 
-from surgery.cli import main
+from surgery.cli.main import main
 from surgery.errors import SurgeryError
 from surgery.sweep.config import SweepConfig
 from surgery.sweep.report import VOLATILE_FIELDS, read_records, stable_record

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from surgery.cli_options import revision_option, trust_remote_code_option
+from surgery.cli.options import revision_option, trust_remote_code_option
 
 
 @click.group("export")

@@ -39,9 +39,9 @@ def task_for(spec, model_config: dict[str, Any], cache: bool) -> str:
 
 def check(config: ExportConfig):
     """Everything that can be refused before torch loads: the extra, the checkpoint, its code, OUT_DIR."""
-    from surgery.architectures import arch_for_config
-    from surgery.extras import require_extra
-    from surgery.io.loading import check_loadable, check_stored_layers
+    from surgery.architectures.loading import check_loadable, check_stored_layers
+    from surgery.architectures.specs import arch_for_config
+    from surgery.cli.extras import require_extra
     from surgery.io.model_ref import ModelRef
     from surgery.io.output_dir import check_output_dir
 
@@ -139,11 +139,11 @@ def export_onnx(config: ExportConfig, *, log=None) -> dict[str, Any]:
     ref, model_config, spec, trust = check(config)
     from optimum.exporters.onnx import onnx_export_from_model
 
+    from surgery.apply.provenance import Provenance
     from surgery.exporters.onnx.parity import check_parity
     from surgery.exporters.onnx.record import source_record
     from surgery.io.output_dir import staged_output
     from surgery.io.source import copy_side_files
-    from surgery.provenance import Provenance
     from surgery.quiet import quiet_logger, quiet_transformers
 
     task = task_for(spec, model_config, config.cache)

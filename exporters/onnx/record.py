@@ -98,8 +98,8 @@ def _by_identity(directory: Path, source: dict[str, Any]) -> ExportSource:
 
 def _legacy(directory: Path, checkpoint: str) -> ExportSource:
     """An export.json without source_checkpoint: the path as given to export, matched by shape and plan."""
+    from surgery.apply.provenance import Provenance
     from surgery.io.model_ref import ModelRef, read_json_object
-    from surgery.provenance import Provenance
 
     given = Path(checkpoint).expanduser()
     candidates = [given] if given.is_absolute() else [directory / given, Path.cwd() / given]

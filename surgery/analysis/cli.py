@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from surgery.analysis.config import SimilarityConfig
-from surgery.cli_options import data_dir_option, dtype_option, model_loading_options, plan_option, quiet_option
+from surgery.cli.options import data_dir_option, dtype_option, model_loading_options, plan_option, quiet_option
 from surgery.config import config_from_options
 
 

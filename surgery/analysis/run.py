@@ -13,7 +13,7 @@ ANALYSIS = "layer similarity (Transformer Layers as Painters, §3.1 Fig 3, A.3 F
 
 def checkpoint_plan(model: str) -> dict | None:
     """The plan recorded in a ``surgery apply`` output (``surgery.json``), if MODEL is one."""
-    from surgery.provenance import Provenance
+    from surgery.apply.provenance import Provenance
 
     directory = Path(model).expanduser()
     record = Provenance.read(directory) if directory.is_dir() else None
@@ -22,9 +22,9 @@ def checkpoint_plan(model: str) -> dict | None:
 
 def check(config: SimilarityConfig):
     """Everything that can be refused before the model loads (well under a second); returns the model ref."""
-    from surgery.extras import require_extra
+    from surgery.architectures.loading import check_loadable
+    from surgery.cli.extras import require_extra
     from surgery.io.data_dir import resolve_data_dir
-    from surgery.io.loading import check_loadable
 
     require_extra("eval", "similarity", ("numpy", "matplotlib"))
     from surgery.io.output_dir import check_creatable
@@ -59,8 +59,8 @@ def run_similarity(config: SimilarityConfig, *, progress: bool = True) -> dict[s
     from surgery.analysis.plots import plot_heatmap, plot_layer_stats
     from surgery.analysis.report import FILES, write_result
     from surgery.analysis.similarity import compute_similarity, suggest_layer_classes
+    from surgery.architectures.loading import load_model_and_tokenizer
     from surgery.io.data_dir import resolve_data_dir
-    from surgery.io.loading import load_model_and_tokenizer
 
     loaded, tokenizer = load_model_and_tokenizer(
         config.model,

@@ -46,9 +46,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from surgery.architectures import arch_for, arch_for_config
+from surgery.apply.inmemory import find_layer_list, planned
+from surgery.architectures.specs import arch_for, arch_for_config
 from surgery.errors import SurgeryError
-from surgery.inmemory import find_layer_list, planned
 from surgery.plan import ExecutionPlan, LayerPlan
 from surgery.plan.resolve import Step
 

@@ -66,7 +66,7 @@ def _load(settings: dict[str, Any]):
         options.inter_op_num_threads = 1
         model = ORTModelForCausalLM.from_pretrained(model_dir, provider=provider, session_options=options)
         return model, None
-    from surgery.io.loading import load_model
+    from surgery.architectures.loading import load_model
 
     model = load_model(str(model_dir), dtype=settings["dtype"], trust_remote_code=settings["trust_remote_code"])
     model.to(device)

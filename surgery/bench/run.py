@@ -22,9 +22,9 @@ def check(config: BenchConfig) -> dict[str, dict[str, Any]]:
     Missing models, model code without consent, a malformed ``export.json`` or safetensors header, an ``--out``
     that names a file or an unwritable place: one error, before anything is timed.
     """
+    from surgery.architectures.loading import check_loadable
     from surgery.bench.weights import bounds
     from surgery.io.demo_models import DEMO_MODELS
-    from surgery.io.loading import check_loadable
     from surgery.io.model_ref import ModelRef
 
     refs = {}
@@ -37,7 +37,7 @@ def check(config: BenchConfig) -> dict[str, dict[str, Any]]:
             check_loadable(ref, trust_remote_code=config.trust_remote_code)
     check_out_dir(config.out_dir)
     if "onnxruntime" in config.backends:
-        from surgery.extras import require_extra
+        from surgery.cli.extras import require_extra
 
         require_extra("export", "bench --backend onnxruntime", ("optimum.onnxruntime", "onnxruntime"))
     from surgery.evaluation.run import resolve_device

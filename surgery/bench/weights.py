@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from surgery.architectures import arch_for_config
+from surgery.architectures.specs import arch_for_config
 from surgery.errors import SurgeryError
 
 

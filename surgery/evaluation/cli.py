@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from surgery.cli_options import data_dir_option, dtype_option, model_loading_options, plan_option
+from surgery.cli.options import data_dir_option, dtype_option, model_loading_options, plan_option
 from surgery.evaluation.tasks import BENCHMARKS
 
 

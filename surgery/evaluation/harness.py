@@ -1,6 +1,6 @@
 """Run lm-evaluation-harness on a loaded model with a layer plan applied in memory.
 
-lm-eval is the engine: the model (with :func:`surgery.inmemory.planned` active) is wrapped in lm-eval's own
+lm-eval is the engine: the model (with :func:`surgery.apply.inmemory.planned` active) is wrapped in lm-eval's own
 ``HFLM`` and scored by ``lm_eval.simple_evaluate``, so prompts, tokenization (the tokenizer's default special
 tokens, e.g. SmolLM2's BOS), batching, metrics and aggregation are lm-eval's, and the numbers equal those
 of ``lm_eval --model hf`` on the same checkpoint (tests/test_eval_integration.py checks this exactly).
@@ -187,7 +187,7 @@ class TaskSet:
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM
 
-        from surgery.inmemory import planned
+        from surgery.apply.inmemory import planned
 
         for name, kwargs in self._generation_kwargs.items():
             self.tasks[name].set_config("generation_kwargs", copy.deepcopy(kwargs))

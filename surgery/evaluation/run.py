@@ -11,12 +11,12 @@ from surgery.evaluation.config import EvalConfig
 def check(config: EvalConfig):
     """Everything that can be refused before the model and lm-eval load, local files first: tasks, output, plan,
     baseline, data, model, device."""
+    from surgery.architectures.loading import check_loadable
+    from surgery.cli.extras import require_extra
     from surgery.evaluation.harness import load_results
     from surgery.evaluation.tasks import parse_tasks, resolve_local
-    from surgery.extras import require_extra
     from surgery.fileio import check_writable_file
     from surgery.io.data_dir import resolve_data_dir
-    from surgery.io.loading import check_loadable
 
     require_extra("eval", "eval", ("lm_eval", "datasets", "numpy"))
     benchmarks = parse_tasks(config.tasks)
@@ -58,11 +58,11 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     import transformers
 
     from surgery import __version__
+    from surgery.apply.inmemory import resolve_for_model
+    from surgery.architectures.loading import load_model_and_tokenizer
     from surgery.evaluation.harness import TaskSet, baseline_mismatches, seeds_for
     from surgery.evaluation.normalize import normalized_scores
     from surgery.evaluation.report import build_payload
-    from surgery.inmemory import resolve_for_model
-    from surgery.io.loading import load_model_and_tokenizer
     from surgery.plan import load_plan
 
     plan, limit = config.plan, config.limit
@@ -103,7 +103,9 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         "seeds": seeds_for(config.seed),
         "dtype": config.dtype,
         "device": device,
-        "engine": "lm-evaluation-harness HFLM on the in-memory model (plan applied with surgery.inmemory.planned)",
+        "engine": (
+            "lm-evaluation-harness HFLM on the in-memory model (plan applied with surgery.apply.inmemory.planned)"
+        ),
         "surgery_version": __version__,
         "lm_eval_version": getattr(lm_eval, "__version__", None),
         "transformers_version": transformers.__version__,

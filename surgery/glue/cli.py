@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from surgery.cli_options import data_dir_option, model_loading_options, plan_option, quiet_option
+from surgery.cli.options import data_dir_option, model_loading_options, plan_option, quiet_option
 
 
 @click.command("glue")

@@ -1,7 +1,7 @@
 """Fine-tune-then-evaluate one GLUE task under a layer plan (paper §2, A.8 and A.9).
 
 ``AutoModelForSequenceClassification`` on the source checkpoint (a task head is initialized where the checkpoint
-has none, e.g. MiniLM's ``BertModel``), the plan applied in memory with :func:`surgery.inmemory.planned` for
+has none, e.g. MiniLM's ``BertModel``), the plan applied in memory with :func:`surgery.apply.inmemory.planned` for
 training *and* evaluation (the plan swaps the block list only; parameters stay the same objects, so the
 optimizer sees them throughout, skipped layers simply get no gradient and parallel groups get gradients
 through the mean of their outputs), then a plain PyTorch loop: AdamW (no weight decay on biases and
@@ -51,7 +51,7 @@ def load_classifier(config: GlueConfig, spec: TaskSpec):
     """``(model, tokenizer, newly_initialized_names)`` for ``spec``: a sequence classifier on ``config.model``."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from surgery.architectures import arch_for
+    from surgery.architectures.specs import arch_for
     from surgery.io.model_ref import ModelRef, first_line, remote_code_policy
     from surgery.quiet import quiet_transformers
 
@@ -223,7 +223,7 @@ def run_task(
     ``model_and_tokenizer`` (``(model, tokenizer, newly_initialized)`` as from :func:`load_classifier`) skips
     loading; it is trained in place.
     """
-    from surgery.inmemory import planned
+    from surgery.apply.inmemory import planned
 
     started = time.perf_counter()
     data = data if data is not None else load_task(task, config.data_dir)
@@ -261,10 +261,10 @@ def run_task(
 
 def check(config: GlueConfig, tasks: list[str], output: Path | None = None) -> None:
     """Everything that can be refused before torch loads: extra, data folder, output, plan, model."""
-    from surgery.extras import require_extra
+    from surgery.architectures.loading import check_loadable
+    from surgery.cli.extras import require_extra
     from surgery.fileio import check_writable_file
     from surgery.io.data_dir import resolve_data_dir
-    from surgery.io.loading import check_loadable
 
     require_extra("eval", "glue", ("numpy", "sklearn", "scipy"))
     resolve_data_dir(config.data_dir)

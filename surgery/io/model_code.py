@@ -18,7 +18,7 @@ the base model that file names (any folder or Hub repository, unchecked, with th
 of this folder's weights.
 
 :func:`remote_code_policy` is the one decision every command makes (through
-:func:`surgery.io.loading.check_loadable`): ``True`` with the user's ``--trust-remote-code`` or for a surgery
+:func:`surgery.architectures.loading.check_loadable`): ``True`` with the user's ``--trust-remote-code`` or for a surgery
 checkpoint whose only code is this package's modeling files (byte-identical, sha256), ``False`` when the
 folder brings no code, and a one-line refusal naming the file and the flag otherwise.
 """

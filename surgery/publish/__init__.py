@@ -4,5 +4,5 @@
 ``results`` (their card sections and ``model-index``), ``checkpoint`` (what is published and which files),
 ``files`` (reading a folder for upload without leaving it), ``render`` (``surgery card``), ``push``
 (``surgery push``), ``cli`` (both commands). The card itself is
-rendered by :mod:`surgery.card`.
+rendered by :mod:`surgery.apply.card`.
 """

@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from surgery.architectures import arch_for_config
-from surgery.card import REMOTE_CODE_FILES, CardExtras, last_stage, render_model_card
+from surgery.apply.card import REMOTE_CODE_FILES, CardExtras, last_stage, render_model_card
+from surgery.apply.provenance import PROVENANCE_FILE, Provenance
+from surgery.architectures.specs import arch_for_config
 from surgery.errors import SurgeryError
 from surgery.io.model_ref import OUR_AUTO_MAP_VALUES, read_json_object
 from surgery.io.source import TOKENIZER_FILES
-from surgery.provenance import PROVENANCE_FILE, Provenance
 from surgery.publish.files import checked_sizes, list_entries
 
 # A checkpoint's own files, top level only (never temporary files, locks, caches or anything a user added).

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from surgery.cli_options import base_model_option, quiet_option
+from surgery.cli.options import base_model_option, quiet_option
 from surgery.config import config_from_options
 from surgery.publish.config import CardConfig, PushConfig
 
@@ -147,7 +147,7 @@ def push(
         token_env=token_env,
         base_model=base_model,
     )
-    from surgery.card import plain_line
+    from surgery.apply.card import plain_line
     from surgery.fileio import format_bytes, format_table
     from surgery.publish.push import push_checkpoint
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from surgery.card import HUB_ID, last_stage, plain_line, public_name
-from surgery.provenance import Provenance
+from surgery.apply.card import HUB_ID, last_stage, plain_line, public_name
+from surgery.apply.provenance import Provenance
 
 LABEL_PREFIXES = ("variant ", "source model", "local model", "model #", "a model ")  # labels bench_label gives
 

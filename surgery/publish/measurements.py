@@ -23,13 +23,13 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from surgery.apply.card import plain_line
+from surgery.apply.provenance import Provenance
 from surgery.bench.schema import BenchPayload
-from surgery.card import plain_line
 from surgery.config import validation_message
 from surgery.errors import SurgeryError
 from surgery.fileio import sha256_file
 from surgery.io.model_ref import read_json_object
-from surgery.provenance import Provenance
 from surgery.publish.labels import bench_label, without_paths
 
 NOT_METRICS = ("sample_len",)

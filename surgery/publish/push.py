@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from surgery import __version__
-from surgery.card import last_stage
+from surgery.apply.card import last_stage
+from surgery.apply.provenance import PROVENANCE_FILE, Provenance
 from surgery.errors import SurgeryError
 from surgery.fileio import atomic_write_text
 from surgery.io.hub import redact_url_secrets
-from surgery.provenance import PROVENANCE_FILE, Provenance
 from surgery.publish.checkpoint import Checkpoint, checkpoint_dir, checkpoint_files, read_checkpoint, read_onnx_export
 from surgery.publish.config import PushConfig
 from surgery.publish.files import open_inside, upload_source

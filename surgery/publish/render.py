@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from surgery.apply.provenance import Provenance
 from surgery.errors import SurgeryError
 from surgery.fileio import atomic_write_text
 from surgery.io.model_ref import first_line
-from surgery.provenance import Provenance
 from surgery.publish.checkpoint import Checkpoint, read_checkpoint
 from surgery.publish.config import CardConfig, CardInputs
 from surgery.publish.labels import variant_label

@@ -1,4 +1,5 @@
-"""Measurements as card content: markdown sections and ``model-index`` entries (:class:`~surgery.card.CardExtras`).
+"""Measurements as card content: markdown sections and ``model-index`` entries
+(:class:`~surgery.apply.card.CardExtras`).
 
 Every number printed comes from a measurement file (:mod:`surgery.publish.measurements`), formatted with 4
 decimals in the tables and copied exactly into ``model-index``; nothing is derived that the files do not hold,
@@ -14,8 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from surgery.apply.card import CardExtras, md_code, md_text, meta_text, py_string
 from surgery.bench.schema import BenchResult
-from surgery.card import CardExtras, md_code, md_text, meta_text, py_string
 from surgery.config import validation_message
 from surgery.errors import SurgeryError
 from surgery.publish.measurements import BenchRun, EvalRun, Measurements

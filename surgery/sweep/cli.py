@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from surgery.cli_options import data_dir_option, dtype_option, model_loading_options, quiet_option
+from surgery.cli.options import data_dir_option, dtype_option, model_loading_options, quiet_option
 from surgery.evaluation.cli import _limit
 
 RECIPES_DIR = Path("recipes")
@@ -90,8 +90,8 @@ def sweep(recipe, model, out_dir, tasks, limit, data_dir, grid, variants, overri
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Write here instead of RUN_DIR.")
 def plot(run_dir, out_dir):
     """Draw a sweep's paper-style figure(s) into RUN_DIR/plots/ and its table into RUN_DIR/summary.md."""
+    from surgery.cli.extras import require_extra
     from surgery.config import config_from_options
-    from surgery.extras import require_extra
     from surgery.sweep.config import PlotConfig
 
     config = config_from_options(PlotConfig, {"out_dir": "--out"}, run_dir=run_dir, out_dir=out_dir)

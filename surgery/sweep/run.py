@@ -102,9 +102,9 @@ def _tasks_for(recipe: Recipe, config: SweepConfig) -> list[str]:
 def check(config: SweepConfig) -> SweepPlan:
     """Everything that can be refused before torch loads: recipe, model, tasks, data, executor, OUT."""
     from surgery import __version__
-    from surgery.extras import require_extra
+    from surgery.architectures.loading import check_loadable
+    from surgery.cli.extras import require_extra
     from surgery.io.data_dir import resolve_data_dir
-    from surgery.io.loading import check_loadable
     from surgery.io.model_ref import num_layers_of
     from surgery.sweep.report import ResultStore
 

@@ -67,7 +67,7 @@ class Worker:
 def _load_model(settings: dict[str, Any]):
     import torch
 
-    from surgery.io.loading import load_model_and_tokenizer
+    from surgery.architectures.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(
         settings["model"],

@@ -24,17 +24,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from surgery.architectures import (
-    ArchSpec,
-    check_model_type,
-    layer_count,
-    layer_count_key,
-    spec_from_detection,
-)
-from surgery.card import write_model_card
-from surgery.config import CommandConfig
-from surgery.errors import SurgeryError
-from surgery.io.integrity import (
+from surgery.apply.card import write_model_card
+from surgery.apply.provenance import PlanRecord, Provenance
+from surgery.architectures.integrity import (
     check_config_agrees,
     check_layer_numbering,
     check_layers_consistent,
@@ -42,6 +34,16 @@ from surgery.io.integrity import (
     group_layer_tensors,
     verify_written,
 )
+from surgery.architectures.layer_config import check_layer_config, layer_config_updates, raw_layer_config_updates
+from surgery.architectures.specs import (
+    ArchSpec,
+    check_model_type,
+    layer_count,
+    layer_count_key,
+    spec_from_detection,
+)
+from surgery.config import CommandConfig
+from surgery.errors import SurgeryError
 from surgery.io.model_code import CODE_CONFIG_KEYS, hub_kernels
 from surgery.io.model_ref import ModelRef, first_line, read_json_object
 from surgery.io.output_dir import check_output_dir, staged_output
@@ -55,8 +57,6 @@ from surgery.io.safetensors_stream import (
 from surgery.io.source import SourceModel, copy_side_files, resolve_source
 from surgery.modeling import MODELING_FILES
 from surgery.plan import ExecutionPlan, LayerPlan, load_plan, resolve_plan
-from surgery.plan.layer_config import check_layer_config, layer_config_updates, raw_layer_config_updates
-from surgery.provenance import PlanRecord, Provenance
 
 DTYPE_CHOICES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 SURGERY_AUTO_MAP = {"AutoConfig": "configuration_surgery.SurgeryConfig"}
@@ -247,15 +247,15 @@ class SourceArch:
 def _detect_source(source: SourceModel, raw: dict, num_layers: int, custom: bool) -> SourceArch:
     """Detect the source architecture on a meta-device instance of its config (no weights).
 
-    The result is cached per ``config.json`` (:mod:`surgery.io.detection_cache`); a plain output of a cached,
+    The result is cached per ``config.json`` (:mod:`surgery.architectures.cache`); a plain output of a cached,
     simple architecture is then written without importing torch or transformers.
     """
-    from surgery.io import detection_cache
+    from surgery.architectures import cache as detection_cache
 
     cached = detection_cache.load(raw)
     if cached is not None and not custom and detection_cache.plain_from_raw(cached, raw):
         return SourceArch(raw, None, spec_from_detection(cached), cached.signatures)
-    from surgery.detect import detect
+    from surgery.architectures.detect import detect
 
     config = _transformers_config(source)
     detection = detect(config)

@@ -1,8 +1,8 @@
 """Architecture detection results kept on disk, one file per ``config.json``.
 
-Detection (:mod:`surgery.detect`) builds the model on the ``meta`` device, which imports torch and transformers:
-seconds of start-up for a command that otherwise streams bytes. Its result depends only on the config's content
-and the transformers version, so it is cached under ``$SURGERY_CACHE_DIR/detect/`` (default
+Detection (:mod:`surgery.architectures.detect`) builds the model on the ``meta`` device, which imports torch and
+transformers: seconds of start-up for a command that otherwise streams bytes. Its result depends only on the
+config's content and the transformers version, so it is cached under ``$SURGERY_CACHE_DIR/detect/`` (default
 ``~/.cache/surgery/detect/``), keyed by the sha256 of the canonical config JSON, the transformers version and
 this package's version. A missing, unreadable or stale file is simply recomputed; an unwritable cache is ignored.
 
@@ -87,9 +87,9 @@ def _well_typed(detection) -> bool:
 
 
 def consistent(detection, raw: dict) -> bool:
-    """Whether a :class:`~surgery.detect.Detection` read back from disk agrees with the config it describes."""
-    from surgery.architectures import layer_count_key
-    from surgery.detect import INDEX_LIST_KEYS, NOT_PER_LAYER, STRUCTURAL_KEYS
+    """Whether a detection (:class:`~surgery.architectures.detect.Detection`) read back agrees with its config."""
+    from surgery.architectures.detect import INDEX_LIST_KEYS, NOT_PER_LAYER, STRUCTURAL_KEYS
+    from surgery.architectures.specs import layer_count_key
 
     if not _well_typed(detection):
         return False
@@ -123,12 +123,12 @@ def consistent(detection, raw: dict) -> bool:
 
 
 def load(raw: dict):
-    """The cached :class:`~surgery.detect.Detection` of this ``config.json`` content, or None.
+    """The cached :class:`~surgery.architectures.detect.Detection` of this ``config.json`` content, or None.
 
     None also when the entry is not a plain file of this user's or does not agree with ``raw``
     (:func:`consistent`): the caller then detects again and overwrites it.
     """
-    from surgery.detect import Detection
+    from surgery.architectures.detect import Detection
 
     path = _path(raw)
     data = _read_entry(path) if path is not None else None

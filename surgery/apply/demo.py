@@ -35,8 +35,8 @@ def run_demo(plan: str, out_dir: Path, prompt: str, max_new_tokens: int) -> None
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging
 
-    from surgery.io.loading import check_loadable
-    from surgery.materialize import ApplyOptions, apply_plan
+    from surgery.apply.materialize import ApplyOptions, apply_plan
+    from surgery.architectures.loading import check_loadable
 
     logging.set_verbosity_error()
     gguf = demo_model_path(DEMO_MODEL)

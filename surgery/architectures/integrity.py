@@ -24,7 +24,7 @@ from surgery.io.safetensors_stream import (
 )
 
 if TYPE_CHECKING:
-    from surgery.architectures import ArchSpec
+    from surgery.architectures.specs import ArchSpec
 
 # A layer number inside a tensor name: ``model.layers.12.mlp...`` (at most 9 digits; longer runs are not layers).
 _NUMBERED = re.compile(r"(?:^|\.)(\d{1,9})\.")
@@ -111,7 +111,7 @@ def group_layer_tensors(
 ) -> tuple[dict[int, list[tuple[str, str, TensorRecord]]], list[TensorRecord]]:
     """Split tensors into per-layer ``(head, tail, record)`` lists and the non-layer rest.
 
-    The check ``apply`` and every other command make (:func:`surgery.io.loading.check_stored_layers`) before
+    The check ``apply`` and every other command make (:func:`surgery.architectures.loading.check_stored_layers`) before
     using a checkpoint: each of the config's ``num_layers`` layers has tensors under ``spec``'s block list and
     none is numbered beyond it. Raises :class:`SurgeryError` naming the first disagreement.
     """
@@ -138,7 +138,7 @@ def group_layer_tensors(
 def check_layers_consistent(layers: Mapping[int, list[tuple[str, str, TensorRecord]]]) -> None:
     """Check that every layer has the same tensors, with the same dtypes and shapes, as its peers.
 
-    ``layers`` is what :func:`surgery.materialize.group_layer_tensors` returns: layer index -> list of
+    ``layers`` is what :func:`surgery.apply.materialize.group_layer_tensors` returns: layer index -> list of
     ``(head, tail, record)``. For each tensor tail the majority of layers is the reference (ties go to the lowest
     layer index), so the error names the odd layer out, e.g.
     ``layer 5 lacks tensor mlp.up_proj.weight that layers 0-4, 6-7 have``. Raises :class:`SurgeryError`.

@@ -1,6 +1,6 @@
 """Architectures: what detection finds, plus the exceptions it cannot see.
 
-Any ``model_type`` transformers knows is supported when :mod:`surgery.detect` finds its block list on a
+Any ``model_type`` transformers knows is supported when :mod:`surgery.architectures.detect` finds its block list on a
 meta-device instance (the ``nn.ModuleList`` of ``num_hidden_layers`` blocks, whose path is also the tensor-name
 prefix of every per-layer weight) and nothing rules it out (encoder-decoder, composite/multimodal, or a
 :data:`REFUSED` entry: cross-layer state detection cannot see). An :class:`ArchSpec` is detection's result with
@@ -24,7 +24,7 @@ from surgery.errors import SurgeryError
 from surgery.io.model_code import CODE_CONFIG_KEYS
 
 if TYPE_CHECKING:
-    from surgery.detect import Detection
+    from surgery.architectures.detect import Detection
 
 
 @dataclass(frozen=True)
@@ -166,14 +166,14 @@ def source_config_values(config: Mapping) -> dict:
 
 def transformers_config(config: Mapping):
     """The transformers config object of a ``config.json`` mapping (surgery checkpoints: the source's)."""
-    from surgery.detect import build_config
+    from surgery.architectures.detect import build_config
 
     return build_config(check_model_type(config), source_config_values(config))
 
 
 def arch_for_config(config: Mapping) -> ArchSpec:
     """The :class:`ArchSpec` of a ``config.json``; a surgery checkpoint is looked through to its source."""
-    from surgery.detect import detect
+    from surgery.architectures.detect import detect
 
     return spec_from_detection(detect(transformers_config(config)))
 

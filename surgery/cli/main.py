@@ -4,8 +4,9 @@ Every user error becomes one ``error: ...`` line on stderr and exit 2; ``surgery
 ``SURGERY_DEBUG=1``) shows the traceback instead. SIGTERM (what ``timeout``, docker and Slurm send) is handled
 like Ctrl-C: the running command cleans up its temporary files and exits non-zero.
 
-The stage commands (``similarity``, ``eval``, ``glue``) live with their packages and are imported only when
-run, so ``surgery apply`` and ``surgery --help`` stay lean (see :data:`LAZY_COMMANDS`).
+Every other command (``similarity``, ``eval``, ``bench``, ``export``, ``finetune``, ``push`` ...: the names in
+:data:`LAZY_COMMANDS`) lives with its package and is imported only when run, so ``surgery apply`` and
+``surgery --help`` stay lean.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import click
 
 from surgery import __version__
-from surgery.cli_options import allow_pickle_option, base_model_option, plan_option, quiet_option, revision_option
+from surgery.cli.options import allow_pickle_option, base_model_option, plan_option, quiet_option, revision_option
 from surgery.errors import SurgeryError
 from surgery.io.hub import redact_url_secrets
 
@@ -221,9 +222,9 @@ def apply(
     quiet,
 ):
     """Apply a layer plan to MODEL (Hub id, directory or .gguf) and write a standalone checkpoint to OUT_DIR."""
+    from surgery.apply.materialize import ApplyOptions, apply_plan
     from surgery.config import config_from_options
     from surgery.io.safetensors_stream import parse_size
-    from surgery.materialize import ApplyOptions, apply_plan
 
     options = config_from_options(
         ApplyOptions,
@@ -283,7 +284,7 @@ def plan_show(plan_text, model, num_layers, as_json):
     """
     import json
 
-    from surgery.architectures import check_model_type, layer_count
+    from surgery.architectures.specs import check_model_type, layer_count
     from surgery.io.model_ref import ModelRef
     from surgery.plan import load_plan, resolve_plan
 
@@ -345,13 +346,13 @@ def _short(value, limit: int = 160) -> str:
 def _detected_layers(config: dict, execution) -> tuple[str, dict]:
     """The detected block list and ``{per-layer config key: (source value, output value)}`` for ``plan show``.
 
-    Detection comes from, and goes to, the detection cache (:mod:`surgery.io.detection_cache`, keyed by the
+    Detection comes from, and goes to, the detection cache (:mod:`surgery.architectures.cache`, keyed by the
     config's content): a cached config whose layers are identical and whose per-layer keys are lists in the file
     is answered from the file alone, without importing torch or transformers.
     """
-    from surgery.architectures import spec_from_detection
-    from surgery.io import detection_cache
-    from surgery.plan.layer_config import raw_layer_config_updates
+    from surgery.architectures import cache as detection_cache
+    from surgery.architectures.layer_config import raw_layer_config_updates
+    from surgery.architectures.specs import spec_from_detection
 
     sources = list(execution.instances)
     cached = detection_cache.load(config)
@@ -359,9 +360,9 @@ def _detected_layers(config: dict, execution) -> tuple[str, dict]:
         updates = raw_layer_config_updates(config, spec_from_detection(cached), sources)
         keys = {cached.count_key: None, **dict.fromkeys(updates)}
         return cached.layer_path, {key: (config.get(key), updates.get(key, config.get(key))) for key in keys}
-    from surgery.architectures import transformers_config
-    from surgery.detect import detect
-    from surgery.plan.layer_config import layer_config_updates
+    from surgery.architectures.detect import detect
+    from surgery.architectures.layer_config import layer_config_updates
+    from surgery.architectures.specs import transformers_config
 
     source = transformers_config(config)
     detection = detect(source)
@@ -387,7 +388,7 @@ def _detected_layers(config: dict, execution) -> tuple[str, dict]:
 @click.option("--max-new-tokens", default=24, show_default=True)
 def demo(plan_text, out_dir, prompt, max_new_tokens):
     """Apply a plan to the bundled SmolLM2-135M-Instruct and compare it with the source model."""
-    from surgery.demo import run_demo
+    from surgery.apply.demo import run_demo
 
     run_demo(plan_text, out_dir, prompt, max_new_tokens)
 

@@ -5,9 +5,10 @@ every output layer). Its config must build output layer ``j`` exactly as source 
 
 * lists with one entry per layer (``layer_types``, ``no_rope_layers``) are re-indexed;
 * lists of layer indices (``mlp_only_layers``, ``moe_layers``) are renumbered;
-* scalar keys that encode per-layer structure (:data:`surgery.detect.STRUCTURAL_KEYS`) are rewritten when a value
-  expresses the new order (``first_k_dense_replace`` = the dense layers still form a prefix), turned into an
-  explicit list when the config class takes one (``decoder_sparse_step`` -> ``mlp_only_layers``), or refused.
+* scalar keys that encode per-layer structure (:data:`surgery.architectures.detect.STRUCTURAL_KEYS`) are
+  rewritten when a value expresses the new order (``first_k_dense_replace`` = the dense layers still form a
+  prefix), turned into an explicit list when the config class takes one (``decoder_sparse_step`` ->
+  ``mlp_only_layers``), or refused.
 
 :func:`check_layer_config` then builds the output config's model on the meta device and compares every output
 layer's signature with its source layer's: a per-layer key nobody listed cannot silently change a layer.
@@ -86,7 +87,7 @@ def layer_config_updates(config, spec, sources: Sequence[int]) -> dict[str, Any]
 
 def raw_layer_config_updates(raw: dict, spec, sources: Sequence[int]) -> dict[str, Any]:
     """:func:`layer_config_updates` from ``config.json`` alone, for identical layers whose per-layer keys are
-    lists in the file (:func:`surgery.io.detection_cache.plain_from_raw`): no transformers config needed."""
+    lists in the file (:func:`surgery.architectures.cache.plain_from_raw`): no transformers config needed."""
     updates: dict[str, Any] = {spec.count_key: len(sources)}
     updates.update({key: [raw[key][i] for i in sources] for key in spec.per_layer_config})
     return updates
@@ -94,7 +95,7 @@ def raw_layer_config_updates(raw: dict, spec, sources: Sequence[int]) -> dict[st
 
 def check_layer_config(config, spec, signatures: Sequence[str], sources: Sequence[int], updates: dict) -> None:
     """Build the model of ``config`` + ``updates`` on the meta device; every layer must match its source layer."""
-    from surgery.detect import build_config, signatures_of
+    from surgery.architectures.detect import build_config, signatures_of
 
     values = {
         key: value for key, value in config.to_dict().items() if key not in ("model_type", "transformers_version")

@@ -36,8 +36,8 @@ def find_layer_list(model: nn.Module, layer_list: str) -> tuple[nn.Module, str, 
 
 def block_list_of(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
     """The block list of a loaded model, detected: a plan's :class:`ExecutionList`, else the outermost
-    ``nn.ModuleList`` of ``config.num_hidden_layers`` modules (:func:`surgery.detect.find_block_list`)."""
-    from surgery.detect import find_block_list
+    ``nn.ModuleList`` of ``config.num_hidden_layers`` modules (:func:`surgery.architectures.detect.find_block_list`)."""
+    from surgery.architectures.detect import find_block_list
 
     path = next((name for name, module in model.named_modules() if isinstance(module, ExecutionList)), None)
     if path is None:

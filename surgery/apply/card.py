@@ -22,9 +22,9 @@ from typing import Any
 import yaml
 
 from surgery import PROJECT_URL
+from surgery.apply.provenance import PROVENANCE_FILE, Provenance, Stage
 from surgery.fileio import atomic_write_text, format_bytes, sha256_file
 from surgery.plan import ExecutionPlan
-from surgery.provenance import PROVENANCE_FILE, Provenance, Stage
 
 OP_MEANINGS = {
     "skip": "layers A..B are not run (paper §3.2)",

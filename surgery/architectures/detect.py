@@ -9,14 +9,14 @@ Detection builds the model class ``surgery`` would write (``AutoModelForCausalLM
 * the **per-layer config keys**: config attributes that are lists with one entry per layer (``layer_types``,
   ``no_rope_layers``, ...), lists of layer indices from :data:`INDEX_LIST_KEYS` (``mlp_only_layers``), and the
   scalar keys of :data:`STRUCTURAL_KEYS` that encode per-layer structure (rewritten by
-  :mod:`surgery.plan.layer_config`);
+  :mod:`surgery.architectures.layer_config`);
 * each layer's **signature** (submodule types, parameter shapes, scalar attributes such as ``attention_type``),
   used to check that a rewritten config builds every output layer as its source layer was built;
 * the input embedding, final norm and output head modules, and default LoRA target groups.
 
 Architectures that cannot be operated on layer by layer are refused with the reason (:func:`refusal`).
 Everything here needs ``torch`` and ``transformers``; cheap checks that must not import them live in
-:mod:`surgery.architectures`.
+:mod:`surgery.architectures.specs`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from surgery.errors import SurgeryError
 
 # Lists of layer *indices* (not one entry per layer): renumbered, never permuted.
 INDEX_LIST_KEYS = ("mlp_only_layers", "moe_layers")
-# Scalar config keys that encode per-layer structure, with what they mean (rewrites: surgery.plan.layer_config).
+# Scalar config keys that encode per-layer structure, with what they mean
+# (rewrites: surgery.architectures.layer_config).
 STRUCTURAL_KEYS = {
     "max_window_layers": "layers below it use full attention, the rest the sliding window",
     "sliding_window_pattern": "every N-th layer is global, the others sliding (derives layer_types)",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from surgery.architectures import (
+from surgery.architectures.specs import (
     ArchSpec,
     arch_for_config,
     check_model_type,
@@ -58,7 +58,7 @@ def check_stored_layers(ref: ModelRef, config: dict[str, Any], spec: ArchSpec | 
     """
     if ref.kind != "directory":
         return
-    from surgery.io.integrity import check_config_agrees, check_layer_numbering, group_layer_tensors
+    from surgery.architectures.integrity import check_config_agrees, check_layer_numbering, group_layer_tensors
     from surgery.io.safetensors_stream import index_checkpoint
     from surgery.io.source import safetensors_files
 
@@ -76,7 +76,7 @@ def check_stored_layers(ref: ModelRef, config: dict[str, Any], spec: ArchSpec | 
     check_config_agrees(config, records)
     if spec is not None:
         if count is None:
-            from surgery.architectures import transformers_config
+            from surgery.architectures.specs import transformers_config
 
             count = transformers_config(config).num_hidden_layers
         group_layer_tensors(records, spec, count)
